@@ -164,7 +164,7 @@ def _models_list(_: argparse.Namespace) -> int:
     print(f"{'preset':<16} {'VRAM':>6}  {'size':<9} {'fps':>3}  {'cached':<6}  hub id")
     for preset in PRESETS.values():
         cached = "yes" if weights_cached(preset) else "no"
-        size = f"{preset.default_width}x{preset.default_height}"
+        size = "{}x{}".format(*preset.default_size)
         print(
             f"{preset.name:<16} {preset.vram_gb:>4.0f}GB  {size:<9} {preset.fps:>3}  {cached:<6}  "
             f"{preset.hub_id}"
@@ -173,12 +173,12 @@ def _models_list(_: argparse.Namespace) -> int:
 
 
 def _models_pull(args: argparse.Namespace) -> int:
-    from generator.presets import get_preset, pull_weights
+    from generator.presets import PresetError, get_preset, pull_weights
 
     try:
         preset = get_preset(args.name)
-    except (KeyError, ValueError) as exc:
-        raise CliError(str(exc.args[0] if exc.args else exc)) from None
+    except PresetError as exc:
+        raise CliError(str(exc)) from None
     for path in pull_weights(preset):
         print(path)
     return 0

@@ -366,3 +366,26 @@ def apply_overrides(preset: Preset, overrides: Mapping[str, Any]) -> Preset:
             )
         result = dataclasses.replace(result, steps=len(result.timesteps))
     return result
+
+
+def weights_cached(preset: Preset) -> bool:
+    """Whether the preset's weights (and its LoRA) are in the local Hugging Face cache."""
+    from huggingface_hub import try_to_load_from_cache
+
+    found = try_to_load_from_cache(preset.hub_id, "model_index.json")
+    if not isinstance(found, str):
+        return False
+    if preset.lora is not None:
+        lora = try_to_load_from_cache(preset.lora.repo, preset.lora.weight_name)
+        return isinstance(lora, str)
+    return True
+
+
+def pull_weights(preset: Preset) -> list[str]:
+    """Download the preset's weights (and LoRA) into the Hugging Face cache; returns paths."""
+    from huggingface_hub import hf_hub_download, snapshot_download
+
+    paths = [snapshot_download(preset.hub_id)]
+    if preset.lora is not None:
+        paths.append(hf_hub_download(preset.lora.repo, preset.lora.weight_name))
+    return paths
