@@ -35,7 +35,12 @@ def _default_data_dir() -> Path:
 class ProgressBar:
     """A one-line terminal progress bar for load, denoise steps and encode."""
 
-    LABELS = {"load": "loading model", "denoise": "generating", "decode": "decoding", "encode": "encoding"}
+    LABELS = {
+        "load": "loading model",
+        "denoise": "generating",
+        "decode": "decoding",
+        "encode": "encoding",
+    }
 
     def __init__(self, stream=sys.stderr, width: int = 30) -> None:
         self.stream = stream
@@ -71,7 +76,9 @@ def _model_argument(args: argparse.Namespace) -> str:
     from generator.presets import PRESETS
 
     if args.preset != "auto" and args.preset not in PRESETS:
-        raise CliError(f"--preset {args.preset}: unknown preset (choose from: auto, {', '.join(PRESETS)})")
+        raise CliError(
+            f"--preset {args.preset}: unknown preset (choose from: auto, {', '.join(PRESETS)})"
+        )
     return args.preset
 
 
@@ -92,7 +99,9 @@ async def _animate(args: argparse.Namespace) -> int:
     try:
         normalised = normalise_image(data, limits=limits)
         prompt = normalise_prompt(args.prompt, max_len=limits.max_prompt_chars)
-        negative = normalise_prompt(args.negative or "", max_len=limits.max_prompt_chars, allow_empty=True)
+        negative = normalise_prompt(
+            args.negative or "", max_len=limits.max_prompt_chars, allow_empty=True
+        )
     except ZoetropeError as exc:
         raise CliError(f"{args.image}: {exc.message}") from None
     if args.variation_strength and args.variation_seed is None:
@@ -204,7 +213,9 @@ def _worker(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="main.py", description="Zoetrope: image-to-video for Discord")
+    parser = argparse.ArgumentParser(
+        prog="main.py", description="Zoetrope: image-to-video for Discord"
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     sub.add_parser("bot", help="run the Discord bot").set_defaults(func=_bot)
@@ -231,7 +242,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     models = sub.add_parser("models", help="list or pre-download model presets")
     models_sub = models.add_subparsers(dest="models_command", required=True)
-    models_sub.add_parser("list", help="presets, VRAM needs, cached weights").set_defaults(func=_models_list)
+    models_sub.add_parser("list", help="presets, VRAM needs, cached weights").set_defaults(
+        func=_models_list
+    )
     pull = models_sub.add_parser("pull", help="download a preset's weights ahead of time")
     pull.add_argument("name")
     pull.set_defaults(func=_models_pull)
