@@ -1,0 +1,654 @@
+"""The database: one SQLite file that is the single source of truth for jobs and settings.
+
+`Store` wraps a sqlite-utils `Database` over one `sqlite3` connection. That connection is
+the only writer (the bot is one process with one event loop; SQLite allows one writer at a
+time anyway), in WAL mode so readers never block it, with `synchronous=NORMAL` (a commit
+survives a crash of the process; only an OS crash or power loss can lose the last
+transactions) and a `busy_timeout` so another process (a CLI, a backup) holding the lock
+makes us wait instead of failing.
+
+Schema changes are numbered migrations recorded in `_migrations`; opening an older file
+upgrades it in place, each migration in its own transaction.
+
+Every status change goes through `transition()`: one `UPDATE ... WHERE id=? AND status IN
+(...)` whose row count tells whether we won. A lost race raises `InvalidState` instead of
+overwriting what the other side wrote.
+
+Public API (all synchronous, call from the event-loop thread; each call is a few µs-ms):
+
+    Store(path, *, busy_timeout_ms=5000, migrate_to=None)
+    Store.schema_version -> int ; Store.close()
+    Store.new_job_id() -> str
+    Store.insert_job(job: Job) -> Job                      # assigns seq (submission order)
+    Store.get_job(job_id) -> Job | None ; Store.require_job(job_id) -> Job  (NotFound)
+    Store.transition(job_id, from_status, to_status, **fields) -> Job   (InvalidState/NotFound)
+    Store.update_job(job_id, **fields) -> Job              # never the status
+    Store.jobs_with_status(*statuses) -> list[Job]         # oldest first (seq order)
+    Store.pending_for_user(user_id) -> int ; pending_for_guild(guild_id) -> int ; queued_total()
+    Store.pending_jobs_for_user(user_id) -> list[Job]
+    Store.pending_child(parent_id, user_id) -> Job | None
+    Store.history(user_id, *, guild_id=None, limit=10) -> list[Job]
+    Store.undelivered(statuses=("done",)) -> list[Job]
+    Store.outputs_finished_before(ts) -> list[Job]
+    Store.daily_count(user_id, day) -> int ; Store.add_daily(user_id, day, delta) -> int
+    Store.record_gen_time(preset, seconds, at) ; Store.recent_gen_times(preset, limit=20)
+    Store.get_guild_settings(guild_id) -> GuildSettings
+    Store.update_guild_settings(guild_id, **changes) -> GuildSettings   (BadOption)
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import json
+import re
+import secrets
+import sqlite3
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import sqlite_utils
+
+from bot.errors import BadOption, InvalidState, NotFound
+
+JobStatus = Literal["queued", "running", "done", "failed", "cancelled"]
+JobKind = Literal["animate", "reroll", "vary", "edit", "extend", "loop"]
+
+STATUSES: tuple[str, ...] = ("queued", "running", "done", "failed", "cancelled")
+PENDING: tuple[str, ...] = ("queued", "running")
+FINISHED: tuple[str, ...] = ("done", "failed", "cancelled")
+KINDS: tuple[str, ...] = ("animate", "reroll", "vary", "edit", "extend", "loop")
+
+# Allowed status changes. `running -> queued` is the retry/resume path only.
+TRANSITIONS: dict[str, frozenset[str]] = {
+    "queued": frozenset({"running", "cancelled", "failed"}),
+    "running": frozenset({"queued", "done", "failed", "cancelled"}),
+    "done": frozenset(),
+    "failed": frozenset(),
+    "cancelled": frozenset(),
+}
+
+# How a member reads a status in "That clip is already ..." messages.
+_STATUS_WORDS = {
+    "queued": "still waiting in the queue",
+    "running": "being generated right now",
+    "done": "already finished",
+    "failed": "already failed",
+    "cancelled": "already cancelled",
+}
+
+
+@dataclass(slots=True)
+class Job:
+    """One row of `jobs`, as plain typed data. Timestamps are Unix seconds (floats)."""
+
+    id: str
+    kind: str
+    status: str
+    guild_id: int | None  # None: a DM (the DM counts as its own server for fairness)
+    channel_id: int
+    user_id: int  # who owns the job: the requester, or whoever clicked a clip's button
+    prompt: str
+    input_sha256: str
+    seed: int
+    created_at: float
+    seq: int = 0  # submission order, assigned by the store; queue order on resume
+    parent_id: str | None = None
+    credit_user_id: int | None = None  # owner of the parent clip when someone else clicked
+    negative_prompt: str = ""
+    camera: str | None = None
+    duration: str | None = None
+    preset: str | None = None
+    width: int | None = None
+    height: int | None = None
+    num_frames: int | None = None
+    fps: float | None = None
+    steps: int | None = None
+    variation_seed: int | None = None
+    variation_strength: float = 0.0
+    attempts: int = 0  # failed or interrupted runs so far (crash, oom, restart mid-run)
+    error: str | None = None  # user-facing reason of a failure
+    error_kind: str | None = None
+    progress_step: int | None = None
+    progress_total: int | None = None
+    stage: str | None = None
+    progress_channel_id: int | None = None
+    progress_message_id: int | None = None
+    result_channel_id: int | None = None
+    result_message_id: int | None = None
+    # The deferred interaction: its token edits the progress message for 15 minutes.
+    interaction_token: str | None = field(default=None, repr=False)  # a secret: never logged
+    application_id: int | None = None
+    token_created_at: float | None = None
+    output_path: str | None = None
+    output_bytes: int | None = None
+    output_pruned_at: float | None = None
+    started_at: float | None = None
+    finished_at: float | None = None
+    gen_seconds: float | None = None
+    delivered_at: float | None = None
+    delivery_attempts: int = 0
+    quota_day: str | None = None  # UTC day counted against the daily quota; None = not counted
+    meta: dict[str, Any] = field(default_factory=dict)  # the backend's Done.meta and extras
+
+    @property
+    def pending(self) -> bool:
+        return self.status in PENDING
+
+    @property
+    def finished(self) -> bool:
+        return self.status in FINISHED
+
+    @property
+    def delivered(self) -> bool:
+        return self.delivered_at is not None
+
+    @property
+    def owner_id(self) -> int:
+        """The member who gets credit for the clip's look: the original author if any."""
+        return self.credit_user_id if self.credit_user_id is not None else self.user_id
+
+    def token_alive(self, now: float, *, lifetime: float = 15 * 60, margin: float = 30) -> bool:
+        """Whether the interaction token can still edit the reply (Discord: 15 minutes)."""
+        if self.interaction_token is None or self.token_created_at is None:
+            return False
+        return now < self.token_created_at + lifetime - margin
+
+    @classmethod
+    def from_row(cls, row: dict[str, Any]) -> Job:
+        data = {k: row[k] for k in _JOB_FIELDS if k in row}
+        data["meta"] = json.loads(row.get("meta") or "{}")
+        return cls(**data)
+
+
+_JOB_FIELDS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(Job))
+_MUTABLE_FIELDS = frozenset(_JOB_FIELDS) - {"id", "seq", "status", "created_at"}
+
+
+def _encode(name: str, value: Any) -> Any:
+    if name == "meta":
+        return json.dumps(value or {}, sort_keys=True)
+    if isinstance(value, bool):
+        return int(value)
+    return value
+
+
+@dataclass(slots=True, frozen=True)
+class GuildSettings:
+    """Per-server settings; None in a limit means "the bot's default"."""
+
+    guild_id: int
+    allowed_channel_ids: tuple[int, ...] = ()  # empty: every channel
+    showcase_channel_id: int | None = None
+    max_pending_per_user: int | None = None
+    max_pending_per_guild: int | None = None
+    daily_limit_per_user: int | None = None  # 0: no daily limit on this server
+    allowed_presets: tuple[str, ...] = ()  # empty: every preset
+    others_can_use_buttons: bool = True  # may members reroll/vary/edit/extend others' clips
+    updated_at: float | None = None
+
+    def channel_allowed(self, channel_id: int) -> bool:
+        return not self.allowed_channel_ids or channel_id in self.allowed_channel_ids
+
+    def preset_allowed(self, preset: str | None) -> bool:
+        return preset is None or not self.allowed_presets or preset in self.allowed_presets
+
+
+_SETTING_FIELDS = tuple(f.name for f in dataclasses.fields(GuildSettings))
+_PRESET_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
+_SETTING_RANGES = {
+    "max_pending_per_user": (1, 100),
+    "max_pending_per_guild": (1, 10_000),
+    "daily_limit_per_user": (0, 10_000),
+}
+
+
+def _check_id(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise BadOption(f"{name} must be a Discord id (a positive whole number), got {value!r}.")
+    return value
+
+
+def _validate_setting(name: str, value: Any) -> Any:
+    """Return the stored form of one setting or raise BadOption naming it and the value."""
+    if name == "allowed_channel_ids":
+        if isinstance(value, int | str) or not isinstance(value, Iterable):
+            raise BadOption(f"allowed_channel_ids must be a list of channel ids, got {value!r}.")
+        ids = tuple(dict.fromkeys(_check_id("allowed_channel_ids", v) for v in value))
+        if len(ids) > 100:
+            raise BadOption(f"allowed_channel_ids may list at most 100 channels, got {len(ids)}.")
+        return ids
+    if name == "showcase_channel_id":
+        return None if value is None else _check_id(name, value)
+    if name in _SETTING_RANGES:
+        if value is None:
+            return None
+        low, high = _SETTING_RANGES[name]
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            raise BadOption(f"{name} must be a whole number from {low} to {high}, got {value!r}.")
+        return value
+    if name == "allowed_presets":
+        if isinstance(value, str) or not isinstance(value, Iterable):
+            raise BadOption(f"allowed_presets must be a list of preset names, got {value!r}.")
+        names = tuple(dict.fromkeys(value))
+        for preset in names:
+            if not isinstance(preset, str) or not _PRESET_NAME.match(preset):
+                raise BadOption(f"allowed_presets has a bad preset name: {preset!r}.")
+        return names
+    if name == "others_can_use_buttons":
+        if not isinstance(value, bool):
+            raise BadOption(f"others_can_use_buttons must be true or false, got {value!r}.")
+        return value
+    raise BadOption(f"Unknown server setting {name!r}.")
+
+
+# ---------------------------------------------------------------------------------------
+# Migrations: numbered, applied in order, each in one transaction with its record.
+# Never edit a released migration; add the next number.
+
+
+def _migration_1(db: sqlite_utils.Database) -> None:
+    # One statement at a time: executescript() would COMMIT the migration's transaction.
+    for statement in _MIGRATION_1_SQL.split(";"):
+        if statement.strip():
+            db.conn.execute(statement)
+
+
+_MIGRATION_1_SQL = """
+        CREATE TABLE jobs (
+            seq INTEGER PRIMARY KEY AUTOINCREMENT,
+            id TEXT NOT NULL UNIQUE,
+            kind TEXT NOT NULL,
+            parent_id TEXT,
+            guild_id INTEGER,
+            channel_id INTEGER NOT NULL,
+            user_id INTEGER NOT NULL,
+            prompt TEXT NOT NULL,
+            negative_prompt TEXT NOT NULL DEFAULT '',
+            camera TEXT,
+            duration TEXT,
+            input_sha256 TEXT NOT NULL,
+            preset TEXT,
+            width INTEGER,
+            height INTEGER,
+            num_frames INTEGER,
+            fps REAL,
+            steps INTEGER,
+            seed INTEGER NOT NULL,
+            variation_seed INTEGER,
+            variation_strength REAL NOT NULL DEFAULT 0,
+            status TEXT NOT NULL
+                CHECK (status IN ('queued', 'running', 'done', 'failed', 'cancelled')),
+            attempts INTEGER NOT NULL DEFAULT 0,
+            error TEXT,
+            error_kind TEXT,
+            progress_message_id INTEGER,
+            result_message_id INTEGER,
+            output_path TEXT,
+            output_bytes INTEGER,
+            quota_day TEXT,
+            meta TEXT NOT NULL DEFAULT '{}',
+            created_at REAL NOT NULL,
+            started_at REAL,
+            finished_at REAL,
+            gen_seconds REAL
+        );
+        CREATE INDEX jobs_status_user ON jobs (status, user_id);
+        CREATE INDEX jobs_status_guild ON jobs (status, guild_id);
+        CREATE INDEX jobs_parent_user ON jobs (parent_id, user_id);
+        CREATE INDEX jobs_user_seq ON jobs (user_id, seq);
+        CREATE TABLE guild_settings (
+            guild_id INTEGER PRIMARY KEY,
+            allowed_channel_ids TEXT NOT NULL DEFAULT '[]',
+            showcase_channel_id INTEGER,
+            max_pending_per_user INTEGER,
+            max_pending_per_guild INTEGER,
+            daily_limit_per_user INTEGER,
+            allowed_presets TEXT NOT NULL DEFAULT '[]',
+            others_can_use_buttons INTEGER NOT NULL DEFAULT 1,
+            updated_at REAL
+        );
+        CREATE TABLE daily_counts (
+            user_id INTEGER NOT NULL,
+            day TEXT NOT NULL,
+            count INTEGER NOT NULL DEFAULT 0,
+            PRIMARY KEY (user_id, day)
+        );
+"""
+
+
+def _migration_2(db: sqlite_utils.Database) -> None:
+    # What the Discord layer needs to finish a job after a restart: the interaction token
+    # (edits the deferred reply for 15 minutes), where the messages are, whether the result
+    # was delivered; credit for clips made from someone else's clip; generation times.
+    for column, kind in [
+        ("credit_user_id", "INTEGER"),
+        ("progress_channel_id", "INTEGER"),
+        ("result_channel_id", "INTEGER"),
+        ("interaction_token", "TEXT"),
+        ("application_id", "INTEGER"),
+        ("token_created_at", "REAL"),
+        ("delivered_at", "REAL"),
+        ("delivery_attempts", "INTEGER NOT NULL DEFAULT 0"),
+        ("progress_step", "INTEGER"),
+        ("progress_total", "INTEGER"),
+        ("stage", "TEXT"),
+        ("output_pruned_at", "REAL"),
+    ]:
+        db.conn.execute(f"ALTER TABLE jobs ADD COLUMN {column} {kind}")
+    db.conn.execute("CREATE INDEX jobs_status_delivered ON jobs (status, delivered_at)")
+    db.conn.execute("CREATE INDEX jobs_status_finished ON jobs (status, finished_at)")
+    db.conn.execute(
+        """CREATE TABLE gen_times (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            preset TEXT NOT NULL,
+            seconds REAL NOT NULL,
+            finished_at REAL NOT NULL
+        )"""
+    )
+    db.conn.execute("CREATE INDEX gen_times_preset ON gen_times (preset, id)")
+
+
+MIGRATIONS: list[tuple[int, str, Callable[[sqlite_utils.Database], None]]] = [
+    (1, "jobs, guild settings, daily counts", _migration_1),
+    (2, "delivery tracking, interaction tokens, credits, generation times", _migration_2),
+]
+SCHEMA_VERSION = MIGRATIONS[-1][0]
+
+# Keep this many recent generation times per preset for ETAs.
+GEN_TIMES_KEPT = 50
+
+
+class Store:
+    """The SQLite store. One instance per process; use it from one thread."""
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        busy_timeout_ms: int = 5000,
+        migrate_to: int | None = None,
+    ) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        # isolation_level stays the default: sqlite-utils needs legacy transaction control.
+        conn = sqlite3.connect(str(self.path), timeout=busy_timeout_ms / 1000)
+        conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
+        mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        if mode.lower() != "wal":
+            raise RuntimeError(f"could not switch {self.path} to WAL mode (got {mode!r})")
+        conn.execute("PRAGMA synchronous = NORMAL")
+        conn.execute("PRAGMA foreign_keys = ON")
+        self.conn = conn
+        self.db = sqlite_utils.Database(conn)
+        self._migrate(SCHEMA_VERSION if migrate_to is None else migrate_to)
+
+    # -- lifecycle ----------------------------------------------------------------------
+
+    def close(self) -> None:
+        self.db.close()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def schema_version(self) -> int:
+        row = self.conn.execute("SELECT MAX(version) FROM _migrations").fetchone()
+        return row[0] or 0
+
+    def _migrate(self, target: int) -> None:
+        self.db.execute(
+            "CREATE TABLE IF NOT EXISTS _migrations ("
+            "version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at TEXT NOT NULL)"
+        )
+        current = self.schema_version
+        if current > SCHEMA_VERSION:
+            raise RuntimeError(
+                f"{self.path} has schema version {current}, newer than this Zoetrope "
+                f"({SCHEMA_VERSION}); upgrade Zoetrope instead of downgrading the database"
+            )
+        for version, name, apply in MIGRATIONS:
+            if version <= current or version > target:
+                continue
+            with self.db.atomic():
+                apply(self.db)
+                self.conn.execute(
+                    "INSERT INTO _migrations (version, name, applied_at) "
+                    "VALUES (?, ?, datetime('now'))",
+                    (version, name),
+                )
+
+    # -- jobs ---------------------------------------------------------------------------
+
+    @staticmethod
+    def new_job_id() -> str:
+        """10 lowercase base32 characters (50 random bits): safe in URLs and custom_ids."""
+        return base64.b32encode(secrets.token_bytes(7)).decode("ascii").lower()[:10]
+
+    def insert_job(self, job: Job) -> Job:
+        """Insert a new job row; returns it with its `seq` (submission order) filled in."""
+        if job.status not in STATUSES:
+            raise ValueError(f"job status must be one of {STATUSES}, got {job.status!r}")
+        if job.kind not in KINDS:
+            raise ValueError(f"job kind must be one of {KINDS}, got {job.kind!r}")
+        row = {k: _encode(k, getattr(job, k)) for k in _JOB_FIELDS if k != "seq"}
+        columns = ", ".join(row)
+        marks = ", ".join("?" for _ in row)
+        cursor = self.db.execute(
+            f"INSERT INTO jobs ({columns}) VALUES ({marks})", list(row.values())
+        )
+        job.seq = cursor.lastrowid or 0
+        return job
+
+    def get_job(self, job_id: str) -> Job | None:
+        rows = list(self.db.query("SELECT * FROM jobs WHERE id = ?", [job_id]))
+        return Job.from_row(rows[0]) if rows else None
+
+    def require_job(self, job_id: str) -> Job:
+        job = self.get_job(job_id)
+        if job is None:
+            raise NotFound(f"There is no job `{job_id}`.")
+        return job
+
+    def transition(
+        self,
+        job_id: str,
+        from_status: str | Iterable[str],
+        to_status: str,
+        **fields: Any,
+    ) -> Job:
+        """Move a job from one of `from_status` to `to_status`, setting `fields` with it.
+
+        One guarded UPDATE: if another path changed the status first, nothing is written
+        and InvalidState says what the job is now.
+        """
+        sources = (from_status,) if isinstance(from_status, str) else tuple(from_status)
+        for source in sources:
+            if to_status not in TRANSITIONS.get(source, ()):
+                raise ValueError(f"no transition from {source!r} to {to_status!r}")
+        bad = set(fields) - _MUTABLE_FIELDS
+        if bad:
+            raise ValueError(f"cannot set job fields {sorted(bad)} in a transition")
+        sets = ["status = ?"] + [f"{name} = ?" for name in fields]
+        values = [to_status] + [_encode(k, v) for k, v in fields.items()]
+        marks = ", ".join("?" for _ in sources)
+        cursor = self.db.execute(
+            f"UPDATE jobs SET {', '.join(sets)} WHERE id = ? AND status IN ({marks})",
+            [*values, job_id, *sources],
+        )
+        job = self.require_job(job_id)
+        if cursor.rowcount != 1:
+            raise InvalidState(f"That clip is {_STATUS_WORDS.get(job.status, job.status)}.")
+        return job
+
+    def update_job(self, job_id: str, **fields: Any) -> Job:
+        """Set non-status fields (message ids, progress, delivery). Never the status."""
+        bad = set(fields) - _MUTABLE_FIELDS
+        if bad:
+            raise ValueError(f"cannot set job fields {sorted(bad)} with update_job")
+        if fields:
+            sets = ", ".join(f"{name} = ?" for name in fields)
+            values = [_encode(k, v) for k, v in fields.items()]
+            self.db.execute(f"UPDATE jobs SET {sets} WHERE id = ?", [*values, job_id])
+        return self.require_job(job_id)
+
+    def increment_delivery_attempts(self, job_id: str) -> Job:
+        self.db.execute(
+            "UPDATE jobs SET delivery_attempts = delivery_attempts + 1 WHERE id = ?", [job_id]
+        )
+        return self.require_job(job_id)
+
+    def _jobs(self, sql: str, params: list[Any]) -> list[Job]:
+        return [Job.from_row(row) for row in self.db.query(sql, params)]
+
+    def jobs_with_status(self, *statuses: str) -> list[Job]:
+        """Jobs in any of `statuses`, oldest submission first."""
+        marks = ", ".join("?" for _ in statuses)
+        return self._jobs(
+            f"SELECT * FROM jobs WHERE status IN ({marks}) ORDER BY seq", list(statuses)
+        )
+
+    def pending_for_user(self, user_id: int) -> int:
+        return self._count("status IN ('queued', 'running') AND user_id = ?", [user_id])
+
+    def pending_for_guild(self, guild_id: int) -> int:
+        return self._count("status IN ('queued', 'running') AND guild_id = ?", [guild_id])
+
+    def queued_total(self) -> int:
+        return self._count("status = 'queued'", [])
+
+    def _count(self, where: str, params: list[Any]) -> int:
+        return self.conn.execute(f"SELECT COUNT(*) FROM jobs WHERE {where}", params).fetchone()[0]
+
+    def pending_jobs_for_user(self, user_id: int) -> list[Job]:
+        """The member's waiting and running jobs, oldest first."""
+        return self._jobs(
+            "SELECT * FROM jobs WHERE status IN ('queued', 'running') AND user_id = ? ORDER BY seq",
+            [user_id],
+        )
+
+    def pending_child(self, parent_id: str, user_id: int) -> Job | None:
+        """A waiting or running job made from `parent_id` by `user_id`, if any."""
+        jobs = self._jobs(
+            "SELECT * FROM jobs WHERE parent_id = ? AND user_id = ? "
+            "AND status IN ('queued', 'running') ORDER BY seq LIMIT 1",
+            [parent_id, user_id],
+        )
+        return jobs[0] if jobs else None
+
+    def history(self, user_id: int, *, guild_id: int | None = None, limit: int = 10) -> list[Job]:
+        """The member's most recent jobs (newest first), optionally only in one server."""
+        if guild_id is None:
+            return self._jobs(
+                "SELECT * FROM jobs WHERE user_id = ? ORDER BY seq DESC LIMIT ?", [user_id, limit]
+            )
+        return self._jobs(
+            "SELECT * FROM jobs WHERE user_id = ? AND guild_id = ? ORDER BY seq DESC LIMIT ?",
+            [user_id, guild_id, limit],
+        )
+
+    def undelivered(self, statuses: Iterable[str] = ("done",)) -> list[Job]:
+        """Finished jobs whose result (or failure notice) never reached the member."""
+        statuses = tuple(statuses)
+        marks = ", ".join("?" for _ in statuses)
+        return self._jobs(
+            f"SELECT * FROM jobs WHERE status IN ({marks}) AND delivered_at IS NULL ORDER BY seq",
+            list(statuses),
+        )
+
+    def outputs_finished_before(self, ts: float) -> list[Job]:
+        """Finished jobs with an output file on disk that finished before `ts`."""
+        return self._jobs(
+            "SELECT * FROM jobs WHERE status = 'done' AND finished_at < ? "
+            "AND output_path IS NOT NULL ORDER BY seq",
+            [ts],
+        )
+
+    # -- daily quota --------------------------------------------------------------------
+
+    def daily_count(self, user_id: int, day: str) -> int:
+        row = self.conn.execute(
+            "SELECT count FROM daily_counts WHERE user_id = ? AND day = ?", [user_id, day]
+        ).fetchone()
+        return row[0] if row else 0
+
+    def add_daily(self, user_id: int, day: str, delta: int) -> int:
+        """Add `delta` (negative for a refund) to the member's count for `day`; never below 0."""
+        self.db.execute(
+            "INSERT INTO daily_counts (user_id, day, count) VALUES (?, ?, MAX(?, 0)) "
+            "ON CONFLICT (user_id, day) DO UPDATE SET count = MAX(count + ?, 0)",
+            [user_id, day, delta, delta],
+        )
+        return self.daily_count(user_id, day)
+
+    def prune_daily_counts(self, before_day: str) -> None:
+        self.db.execute("DELETE FROM daily_counts WHERE day < ?", [before_day])
+
+    # -- generation times (ETAs) --------------------------------------------------------
+
+    def record_gen_time(self, preset: str, seconds: float, at: float) -> None:
+        with self.db.atomic():
+            self.conn.execute(
+                "INSERT INTO gen_times (preset, seconds, finished_at) VALUES (?, ?, ?)",
+                [preset, seconds, at],
+            )
+            self.conn.execute(
+                "DELETE FROM gen_times WHERE preset = ? AND id NOT IN "
+                "(SELECT id FROM gen_times WHERE preset = ? ORDER BY id DESC LIMIT ?)",
+                [preset, preset, GEN_TIMES_KEPT],
+            )
+
+    def recent_gen_times(self, preset: str, limit: int = 20) -> list[float]:
+        """The last `limit` generation times of `preset`, newest first."""
+        rows = self.conn.execute(
+            "SELECT seconds FROM gen_times WHERE preset = ? ORDER BY id DESC LIMIT ?",
+            [preset, limit],
+        ).fetchall()
+        return [row[0] for row in rows]
+
+    # -- guild settings -----------------------------------------------------------------
+
+    def get_guild_settings(self, guild_id: int) -> GuildSettings:
+        """The server's settings (defaults if it never changed any)."""
+        row = self.conn.execute(
+            f"SELECT {', '.join(_SETTING_FIELDS)} FROM guild_settings WHERE guild_id = ?",
+            [guild_id],
+        ).fetchone()
+        if row is None:
+            return GuildSettings(guild_id=guild_id)
+        data = dict(zip(_SETTING_FIELDS, row, strict=True))
+        data["allowed_channel_ids"] = tuple(json.loads(data["allowed_channel_ids"]))
+        data["allowed_presets"] = tuple(json.loads(data["allowed_presets"]))
+        data["others_can_use_buttons"] = bool(data["others_can_use_buttons"])
+        return GuildSettings(**data)
+
+    def update_guild_settings(
+        self, guild_id: int, /, *, now: float | None = None, **changes: Any
+    ) -> GuildSettings:
+        """Validate and save `changes`; a bad name or value raises BadOption, saving nothing.
+
+        Limits take None to go back to the bot's default.
+        """
+        _check_id("guild_id", guild_id)
+        current = self.get_guild_settings(guild_id)
+        for name in changes:
+            if name in ("guild_id", "updated_at") or name not in _SETTING_FIELDS:
+                raise BadOption(f"Unknown server setting {name!r}.")
+        clean = {name: _validate_setting(name, value) for name, value in changes.items()}
+        updated = dataclasses.replace(current, **clean, updated_at=now)
+        row = dataclasses.asdict(updated)
+        row["allowed_channel_ids"] = json.dumps(list(updated.allowed_channel_ids))
+        row["allowed_presets"] = json.dumps(list(updated.allowed_presets))
+        row["others_can_use_buttons"] = int(updated.others_can_use_buttons)
+        columns = ", ".join(row)
+        marks = ", ".join("?" for _ in row)
+        self.db.execute(
+            f"INSERT OR REPLACE INTO guild_settings ({columns}) VALUES ({marks})",
+            list(row.values()),
+        )
+        return updated

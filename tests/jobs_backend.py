@@ -1,0 +1,182 @@
+"""A test backend: the Backend protocol of generator/backends.py in plain asyncio.
+
+It is a fake at our own seam (the job layer's view of a GPU worker), with knobs the real
+worker cannot offer on demand: scripted failures per submit, a gate that holds jobs
+mid-run, and MP4 outputs written with the real encoder when a test needs real clips.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from generator import encode
+from generator.presets import PRESETS
+from generator.protocol import Done, Event, Failed, GenerationRequest, Progress
+
+# Outcomes a submit can be scripted to have.
+OUTCOMES = ("ok", "crash", "oom", "error", "bad_request", "raise", "silent")
+
+
+class FakeBackend:
+    """`slots` concurrent jobs; each runs `steps` denoise steps then writes its output.
+
+    - `script(*outcomes)`: the next submits end with these outcomes, in order ("ok" after).
+    - `hold()` / `release()`: jobs stop before their first step until released.
+    - `real_video=True`: outputs are real MP4s (frames: request.num_frames, else the
+      preset's frames for the duration, else `frames`), else a few placeholder bytes.
+    """
+
+    def __init__(
+        self,
+        *,
+        slots: int = 1,
+        steps: int = 3,
+        step_delay: float = 0.0,
+        real_video: bool = False,
+        frames: int = 9,
+        size: int = 16,
+        fps: int = 8,
+        ready: bool = True,
+    ) -> None:
+        self.slots = slots
+        self.steps = steps
+        self.step_delay = step_delay
+        self.real_video = real_video
+        self.frames = frames
+        self.size = size
+        self.fps = fps
+        self._ready = ready
+        self.closed = False
+        self.requests: list[GenerationRequest] = []  # every submit, in order
+        self.cancels: list[str] = []
+        self.held: dict[str, asyncio.Event] = {}  # job id -> its cancel event
+        self._script: deque[str] = deque()
+        self._gate = asyncio.Event()
+        self._gate.set()
+
+    # -- the Backend protocol -----------------------------------------------------------
+
+    @property
+    def ready(self) -> bool:
+        return self._ready and not self.closed
+
+    @property
+    def state(self) -> str:
+        return "closed" if self.closed else "ready" if self._ready else "starting"
+
+    async def start(self) -> None:
+        self._ready = True
+
+    async def close(self) -> None:
+        self.closed = True
+
+    def capacity(self) -> int:
+        return 0 if self.closed else max(0, self.slots - len(self.held))
+
+    async def cancel(self, job_id: str) -> None:
+        self.cancels.append(job_id)
+        event = self.held.get(job_id)
+        if event is not None:
+            event.set()
+
+    async def submit(self, request: GenerationRequest) -> AsyncIterator[Event]:
+        self.requests.append(request)
+        cancelled = asyncio.Event()
+        self.held[request.job_id] = cancelled
+        outcome = self._script.popleft() if self._script else "ok"
+        try:
+            if not self._ready:
+                yield Progress(0, 0, "load")
+            for step in range(1, self.steps + 1):
+                if await self._wait(cancelled):
+                    yield Failed("cancelled", "Cancelled.")
+                    return
+                yield Progress(step, self.steps, "denoise")
+                if step == 1 and outcome != "ok":
+                    break
+            if outcome == "raise":
+                raise ConnectionResetError("worker pipe closed")
+            if outcome == "silent":
+                return
+            if outcome != "ok":
+                yield Failed(outcome, f"scripted {outcome}")
+                return
+            yield Progress(0, 1, "encode")
+            meta = await asyncio.to_thread(self._write_output, request)
+            yield Done(request.output_path, meta)
+        finally:
+            self.held.pop(request.job_id, None)
+
+    # -- test knobs ---------------------------------------------------------------------
+
+    def script(self, *outcomes: str) -> None:
+        for outcome in outcomes:
+            if outcome not in OUTCOMES:
+                raise ValueError(f"outcome must be one of {OUTCOMES}, got {outcome!r}")
+        self._script.extend(outcomes)
+
+    def hold(self) -> None:
+        self._gate.clear()
+
+    def release(self) -> None:
+        self._gate.set()
+
+    def set_ready(self, ready: bool) -> None:
+        self._ready = ready
+
+    @property
+    def started_ids(self) -> list[str]:
+        return [r.job_id for r in self.requests]
+
+    # -- internals ----------------------------------------------------------------------
+
+    async def _wait(self, cancelled: asyncio.Event) -> bool:
+        """Wait for the gate (and the step delay); True if the job was cancelled."""
+        gate = asyncio.ensure_future(self._gate.wait())
+        stop = asyncio.ensure_future(cancelled.wait())
+        try:
+            await asyncio.wait({gate, stop}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            gate.cancel()
+            stop.cancel()
+        if cancelled.is_set():
+            return True
+        if self.step_delay:
+            await asyncio.sleep(self.step_delay)
+        return cancelled.is_set()
+
+    def _frame_count(self, request: GenerationRequest) -> int:
+        if request.num_frames is not None:
+            return request.num_frames
+        preset = PRESETS.get(request.preset or "")
+        return preset.frames_for(request.duration) if preset else self.frames
+
+    def _write_output(self, request: GenerationRequest) -> dict[str, Any]:
+        count = self._frame_count(request)
+        path = Path(request.output_path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if self.real_video:
+            # Each frame a different grey level, so joins and loops can be checked by value.
+            levels = np.linspace(16, 240, count).astype(np.uint8)
+            frames = np.broadcast_to(
+                levels[:, None, None, None], (count, self.size, self.size, 3)
+            ).copy()
+            encode.encode_mp4(frames, path, fps=self.fps, byte_budget=request.byte_budget)
+        else:
+            path.write_bytes(b"not really an mp4 " + request.job_id.encode())
+        return {
+            "preset": request.preset or "fake",
+            "width": self.size,
+            "height": self.size,
+            "num_frames": count,
+            "fps": self.fps,
+            "steps": self.steps,
+            "gen_seconds": 0.01,
+            "seed": request.seed,
+        }
