@@ -84,26 +84,11 @@ def _model_argument(args: argparse.Namespace) -> str:
 
 async def _animate(args: argparse.Namespace) -> int:
     from bot.errors import ZoetropeError
-    from bot.intake import IntakeLimits, normalise_image, normalise_prompt, store_image
+    from bot.intake import accept_image, normalise_prompt
     from generator.backends import LocalBackend
     from generator.protocol import Done, Failed, GenerationRequest, Progress
 
-    image = Path(args.image)
-    if not image.is_file():
-        raise CliError(f"{args.image}: no such file")
-    try:
-        data = image.read_bytes()
-    except OSError as exc:
-        raise CliError(f"{args.image}: cannot read it ({exc.strerror})") from None
-    limits = IntakeLimits()
-    try:
-        normalised = normalise_image(data, limits=limits)
-        prompt = normalise_prompt(args.prompt, max_len=limits.max_prompt_chars)
-        negative = normalise_prompt(
-            args.negative or "", max_len=limits.max_prompt_chars, allow_empty=True
-        )
-    except ZoetropeError as exc:
-        raise CliError(f"{args.image}: {exc.message}") from None
+    # Everything is checked before anything is written: bad input changes nothing.
     if args.variation_strength and args.variation_seed is None:
         raise CliError("--variation-strength needs --variation-seed")
     if not 0.0 <= args.variation_strength <= 1.0:
@@ -111,9 +96,23 @@ async def _animate(args: argparse.Namespace) -> int:
     if args.frames is not None and args.frames < 1:
         raise CliError(f"--frames {args.frames}: must be at least 1")
     model = _model_argument(args)
+    try:
+        prompt = normalise_prompt(args.prompt)
+        negative = normalise_prompt(args.negative or "", allow_empty=True, what="negative prompt")
+    except ZoetropeError as exc:
+        raise CliError(exc.message) from None
+    image = Path(args.image)
+    if not image.is_file():
+        raise CliError(f"{args.image}: no such file")
+    try:
+        data = image.read_bytes()
+    except OSError as exc:
+        raise CliError(f"{args.image}: cannot read it ({exc.strerror})") from None
+    try:
+        stored = accept_image(data, inputs_dir=_default_data_dir() / "inputs").path
+    except ZoetropeError as exc:
+        raise CliError(f"{args.image}: {exc.message}") from None
 
-    data_dir = _default_data_dir()
-    stored = store_image(normalised, data_dir / "inputs")
     seed = args.seed if args.seed is not None else random.randrange(2**32)
     out = Path(args.out) if args.out else Path(f"zoetrope-{seed}.mp4")
     out.parent.mkdir(parents=True, exist_ok=True)
