@@ -3115,7 +3115,12 @@ class FakeDiscord:
         payload = body.json if isinstance(body.json, dict) else {}
         self._check_files(body, ix.channel)
         original = ix.original
-        if original is not None and original.loading and ix.response_type == 5:
+        if (
+            original is not None
+            and original.loading
+            and not original.deleted
+            and ix.response_type == 5
+        ):
             # Discord fills the deferred "thinking" message with the first followup.
             self._validate_message_body(payload, body, creating=True)
             self._edit_message(original, payload, body)

@@ -6,20 +6,15 @@ import asyncio
 import contextlib
 import io
 import os
-import warnings
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import aiohttp
+import discord
 import pytest
 import yarl
-
-with warnings.catch_warnings():
-    # discord.py imports the stdlib audioop, deprecated since Python 3.11: not ours to fix.
-    warnings.filterwarnings("ignore", "'audioop' is deprecated", DeprecationWarning)
-    import discord
-    from discord import app_commands
+from discord import app_commands
 
 from tests.discord_server import (
     FakeDiscord,

@@ -1,0 +1,622 @@
+"""Posting and editing what members see: progress messages, results, failure notices.
+
+Progress: the deferred reply of the command (or button) is the job's progress message. It is
+edited at most once every `edit_interval` seconds per message; edits in between are coalesced
+and the newest state is rendered at send time (from the job row), so the final state always
+lands. While the interaction token lives (15 minutes) edits go through the interaction
+webhook; after that, or when the token is refused (401 / 50027), through the bot's own
+channel endpoint.
+
+Results: a NEW channel message (nonce = job id, `enforce_nonce`, so a retried POST whose
+first answer was lost does not post twice) that mentions only the requester and carries the
+MP4 and every button. If the bot may not post in the channel: the interaction webhook while
+the token lives, then a DM, then a clear reason on the progress message. A clip over the
+upload limit is re-encoded to fit (generator.encode.fit_to_budget, in a thread); if it still
+cannot fit the message says so and the job stays `done` with its file on disk.
+
+Delivery failures that may heal (5xx, network) are retried a bounded number of times; a
+result still undelivered then is delivered at the next start (JobService reports it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import aiohttp
+import discord
+
+from bot import jobs as J
+from bot import render
+from bot.errors import ZoetropeError
+from bot.render import ButtonSpec, QueueInfo
+from bot.store import Job
+from generator import encode
+
+if TYPE_CHECKING:
+    from bot.app import ZoetropeBot
+
+log = logging.getLogger("zoetrope.delivery")
+
+# Errors that may heal on their own: Discord 5xx (after discord.py's own retries), a dropped
+# connection, a timeout. 429s never reach us: discord.py waits them out itself.
+RETRYABLE: tuple[type[BaseException], ...] = (
+    discord.DiscordServerError,
+    aiohttp.ClientError,
+    ConnectionError,
+    TimeoutError,
+)
+TOKEN_DEAD_CODES = {50027, 10015}  # Invalid Webhook Token, Unknown Webhook
+UNKNOWN_MESSAGE = 10008
+CANNOT_DM = 50007
+TOO_LARGE = 40005
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """How delivery retries failures that may heal. `attempts=1` switches retries off."""
+
+    attempts: int = 4
+    base_delay: float = 2.0
+    max_delay: float = 60.0
+
+    def __post_init__(self) -> None:
+        if self.attempts < 1:
+            raise ValueError(f"attempts must be at least 1, got {self.attempts!r}")
+        if self.base_delay < 0:
+            raise ValueError(f"base_delay must be >= 0, got {self.base_delay!r}")
+
+    def delays(self) -> Iterator[float]:
+        """The waits between attempts (attempts - 1 of them), doubling up to max_delay."""
+        for n in range(self.attempts - 1):
+            yield min(self.base_delay * 2**n, self.max_delay)
+
+
+def requester_only(user_id: int) -> discord.AllowedMentions:
+    """Mentions that ping exactly one member. Built from none(): AllowedMentions(users=[...])
+    alone leaves everyone=True (PITFALLS)."""
+    mentions = discord.AllowedMentions.none()
+    mentions.users = [discord.Object(id=user_id)]
+    return mentions
+
+
+def build_view(job_id: str, specs: tuple[ButtonSpec, ...]) -> discord.ui.View | None:
+    """A persistent view of JobButtons (DynamicItems), or None for no buttons."""
+    if not specs:
+        return None
+    from bot.buttons import JobButton  # buttons imports delivery: import at use
+
+    view = discord.ui.View(timeout=None)
+    for spec in specs:
+        view.add_item(JobButton(spec.action, job_id))
+    return view
+
+
+@dataclass(eq=False)
+class _Tracker:
+    """One progress message and its edit pacing."""
+
+    job_id: str
+    last_sent_at: float = -1e9  # loop time of the last edit
+    last_rendered: tuple[str, tuple[str, ...]] | None = None
+    eta: float | None = None  # the ETA shown, kept while new estimates stay close to it
+    dirty: bool = False
+    task: asyncio.Task[None] | None = None
+    gone: bool = False  # the message was deleted: stop editing
+    finished: bool = False
+
+
+@dataclass(slots=True)
+class _Posted:
+    message_id: int | None
+    channel_id: int | None
+    how: str  # "channel", "webhook", "dm", "none"
+    reason: str | None = None
+
+
+@dataclass
+class DeliveryStats:
+    """Counters for tests and the benchmark."""
+
+    edits: int = 0
+    results: int = 0
+    retries: int = 0
+    fallbacks: dict[str, int] = field(default_factory=dict)
+
+
+class Delivery:
+    """Keeps progress messages current and posts results. One per bot."""
+
+    def __init__(
+        self,
+        bot: ZoetropeBot,
+        jobs: J.JobService,
+        *,
+        clock: Callable[[], float] = time.time,
+        edit_interval: float = 2.0,
+        retry: RetryPolicy | None = None,
+        default_upload_limit: int = 10 * 1024 * 1024,
+        uploads_dir: Path,
+    ) -> None:
+        self.bot = bot
+        self.jobs = jobs
+        self.clock = clock
+        self.edit_interval = edit_interval
+        self.retry = retry or RetryPolicy()
+        self.default_upload_limit = default_upload_limit
+        self.uploads_dir = uploads_dir
+        self.stats = DeliveryStats()
+        self._trackers: dict[str, _Tracker] = {}
+        self._deliveries: dict[str, asyncio.Task[None]] = {}
+        self._guild_limits: dict[int | None, int] = {}  # last attachment_size_limit seen
+        self._dead_tokens: set[str] = set()  # jobs whose interaction token was refused
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._closing = False
+
+    # -- wiring -----------------------------------------------------------------------------
+
+    def start(self, report: J.ResumeReport | None = None) -> None:
+        """Listen to job events; finish what a previous run left undelivered."""
+        self.jobs.add_listener(self._on_event)
+        if report is None:
+            return
+        for job in [*report.requeued, *report.failed]:
+            if job.progress_message_id is not None:
+                self.touch(job.id)
+        for job in report.undelivered:
+            self.deliver_later(job.id)
+        for job in report.unnotified:
+            self.touch(job.id)
+
+    async def close(self) -> None:
+        self._closing = True
+        self.jobs.remove_listener(self._on_event)
+        tasks = [t for t in self._tasks if not t.done()]
+        tasks += [t.task for t in self._trackers.values() if t.task is not None]
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+
+    def _spawn(self, coro: Any, name: str) -> asyncio.Task[Any]:
+        task = asyncio.get_running_loop().create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    def note_interaction(self, interaction: discord.Interaction) -> None:
+        """Remember the upload limit Discord announced for this guild (or DM)."""
+        limit = getattr(interaction, "filesize_limit", None)
+        if isinstance(limit, int) and limit > 0:
+            self._guild_limits[interaction.guild_id] = limit
+
+    def upload_limit(self, guild_id: int | None) -> int:
+        if guild_id in self._guild_limits:
+            return self._guild_limits[guild_id]
+        guild = self.bot.get_guild(guild_id) if guild_id is not None else None
+        if guild is not None:
+            return max(guild.filesize_limit, self.default_upload_limit)
+        return self.default_upload_limit
+
+    # -- events -----------------------------------------------------------------------------
+
+    def _on_event(self, event: J.JobEvent) -> None:
+        if self._closing:
+            return
+        job = event.job
+        if isinstance(event, J.Queued | J.PositionChanged):
+            tracker = self._trackers.get(job.id)
+            if tracker is not None and event.eta is not None:
+                tracker.eta = self._steady_eta(tracker.eta, self.clock() + event.eta)
+        if isinstance(event, J.Done):
+            self.deliver_later(job.id)  # the progress edit follows the delivery (with a link)
+            return
+        # A failure is always told, even for a job whose progress message is unknown.
+        if (
+            job.progress_message_id is not None
+            or job.id in self._trackers
+            or isinstance(event, J.Failed)
+        ):
+            self.touch(job.id)
+
+    def _steady_eta(self, shown: float | None, new: float) -> float:
+        """Keep the ETA on screen unless the new estimate moved noticeably: every edit costs a
+        request, and a relative timestamp keeps counting down by itself."""
+        if shown is None:
+            return new
+        left = max(shown - self.clock(), 1.0)
+        return shown if abs(new - shown) < max(20.0, 0.2 * left) else new
+
+    # -- progress messages --------------------------------------------------------------------
+
+    def track(self, job: Job) -> None:
+        """Start keeping `job`'s progress message current (after mark_progress_message)."""
+        self.touch(job.id)
+
+    def touch(self, job_id: str) -> None:
+        """The job changed: re-render its progress message soon (paced, coalesced)."""
+        if self._closing:
+            return
+        tracker = self._trackers.get(job_id)
+        if tracker is None:
+            tracker = self._trackers[job_id] = _Tracker(job_id)
+        if tracker.gone:
+            return
+        tracker.dirty = True
+        if tracker.task is None or tracker.task.done():
+            tracker.task = asyncio.get_running_loop().create_task(
+                self._pump(tracker), name=f"progress-{job_id}"
+            )
+
+    async def _pump(self, tracker: _Tracker) -> None:
+        loop = asyncio.get_running_loop()
+        delays = self.retry.delays()
+        try:
+            while tracker.dirty and not tracker.gone:
+                wait = tracker.last_sent_at + self.edit_interval - loop.time()
+                if wait > 0:
+                    await asyncio.sleep(wait)
+                tracker.dirty = False
+                try:
+                    sent = await self._render_and_edit(tracker)
+                except RETRYABLE as exc:
+                    # The newest state must still land: try again (bounded), re-rendering then.
+                    delay = next(delays, None)
+                    if delay is None:
+                        log.warning("job %s: progress edits keep failing (%s)", tracker.job_id, exc)
+                        return
+                    tracker.dirty = True
+                    await asyncio.sleep(delay)
+                    continue
+                delays = self.retry.delays()
+                if sent:
+                    tracker.last_sent_at = loop.time()
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("job %s: progress update failed", tracker.job_id)
+        finally:
+            if tracker.finished and not tracker.dirty:
+                self._trackers.pop(tracker.job_id, None)
+
+    def queue_info(self, job: Job, tracker: _Tracker | None = None) -> QueueInfo:
+        position = self.jobs.position(job.id) if job.status == "queued" else None
+        eta = None
+        seconds = self.jobs.eta(job.id) if job.status in ("queued", "running") else None
+        if seconds is not None:
+            eta = self.clock() + seconds
+            if tracker is not None:
+                eta = tracker.eta = self._steady_eta(tracker.eta, eta)
+        return QueueInfo(
+            position=position, eta=eta, warming_up=self.jobs.warming_up, note=self.backend_note()
+        )
+
+    def backend_note(self) -> str | None:
+        """Why queued jobs do not start, when it is not the usual model warm-up."""
+        backend = self.jobs.backend
+        if getattr(backend, "ready", True):
+            return None
+        error = getattr(backend, "error", None)
+        if error:
+            return f"the model could not be loaded ({error})"
+        detail = getattr(backend, "detail", None)  # RedisBackend: "waiting for a worker"...
+        if isinstance(detail, str) and detail and "loading" not in detail:
+            return detail
+        return None
+
+    async def _render_and_edit(self, tracker: _Tracker) -> bool:
+        job = self.jobs.get(tracker.job_id)
+        if job.progress_message_id is None:
+            if job.status == "failed" and not job.delivered:
+                await self._post_failure(job)
+            tracker.finished = render.progress_is_final(job)
+            return False
+        final = render.progress_is_final(job)
+        if job.status == "done" and not job.delivered:
+            return False  # wait for the result: the final text links to it
+        content = render.progress_content(job, self.queue_info(job, tracker))
+        specs = render.progress_buttons(job)
+        key = (content, tuple(s.action for s in specs))
+        if key == tracker.last_rendered:
+            tracker.finished = final
+            return False
+        ok = await self._edit_progress(job, content, build_view(job.id, specs))
+        if not ok:
+            tracker.gone = True
+            if job.status == "failed" and not job.delivered:
+                await self._post_failure(job)
+            return False
+        tracker.last_rendered = key
+        self.stats.edits += 1
+        if final:
+            tracker.finished = True
+            if job.status == "failed" and not job.delivered:
+                self.jobs.mark_delivered(
+                    job.id,
+                    message_id=job.progress_message_id,
+                    channel_id=self._progress_channel(job),
+                )
+        return True
+
+    def _progress_channel(self, job: Job) -> int:
+        return job.progress_channel_id or job.channel_id
+
+    def _token_usable(self, job: Job) -> bool:
+        return (
+            job.interaction_token is not None
+            and job.application_id is not None
+            and job.id not in self._dead_tokens
+            and job.token_alive(self.clock())
+        )
+
+    def webhook(self, job: Job) -> discord.Webhook:
+        assert job.application_id is not None and job.interaction_token is not None
+        return discord.Webhook.partial(job.application_id, job.interaction_token, client=self.bot)
+
+    async def _edit_progress(self, job: Job, content: str, view: discord.ui.View | None) -> bool:
+        """Edit the progress message; False when it no longer exists (deleted by someone)."""
+        assert job.progress_message_id is not None
+        none = discord.AllowedMentions.none()
+        if self._token_usable(job):
+            try:
+                await self.webhook(job).edit_message(
+                    job.progress_message_id, content=content, view=view, allowed_mentions=none
+                )
+                return True
+            except discord.HTTPException as exc:
+                if not self._token_refused(job, exc):
+                    if exc.code == UNKNOWN_MESSAGE:
+                        return False
+                    raise
+        message = self.bot.get_partial_messageable(
+            self._progress_channel(job), guild_id=job.guild_id
+        ).get_partial_message(job.progress_message_id)
+        try:
+            await message.edit(content=content, view=view, allowed_mentions=none)
+        except (discord.NotFound, discord.Forbidden) as exc:
+            log.info("job %s: progress message not editable (%s)", job.id, exc.text or exc.status)
+            return False
+        return True
+
+    def _token_refused(self, job: Job, exc: discord.HTTPException) -> bool:
+        if exc.status == 401 or exc.code in TOKEN_DEAD_CODES:
+            self._dead_tokens.add(job.id)
+            self.stats.fallbacks["token"] = self.stats.fallbacks.get("token", 0) + 1
+            log.info("job %s: interaction token expired; using channel messages", job.id)
+            return True
+        return False
+
+    # -- results ------------------------------------------------------------------------------
+
+    def deliver_later(self, job_id: str) -> None:
+        """Post the job's result in the background (at most one delivery per job at a time)."""
+        if self._closing:
+            return
+        running = self._deliveries.get(job_id)
+        if running is not None and not running.done():
+            return
+        task = self._spawn(self._deliver_with_retries(job_id), f"deliver-{job_id}")
+        self._deliveries[job_id] = task
+        task.add_done_callback(lambda _t, j=job_id: self._deliveries.pop(j, None))
+
+    async def wait_delivered(self, job_id: str) -> None:
+        task = self._deliveries.get(job_id)
+        if task is not None:
+            await asyncio.shield(task)
+
+    async def _deliver_with_retries(self, job_id: str) -> None:
+        delays = self.retry.delays()
+        while True:
+            job = self.jobs.get(job_id)
+            if job.delivered or job.status != "done":
+                return
+            try:
+                posted = await self._post_result(job)
+            except RETRYABLE as exc:
+                self.jobs.record_delivery_attempt(job_id)
+                delay = next(delays, None)
+                if delay is None:
+                    log.error(
+                        "job %s: delivery failed (%s); it will be retried at the next start",
+                        job_id,
+                        type(exc).__name__,
+                    )
+                    return
+                self.stats.retries += 1
+                log.warning("job %s: delivery failed (%s); retrying in %.1f s", job_id, exc, delay)
+                await asyncio.sleep(delay)
+                continue
+            except Exception:
+                log.exception("job %s: delivery failed", job_id)
+                return
+            self.jobs.mark_delivered(
+                job_id, message_id=posted.message_id, channel_id=posted.channel_id
+            )
+            self.stats.results += 1
+            if posted.how != "channel":
+                self.stats.fallbacks[posted.how] = self.stats.fallbacks.get(posted.how, 0) + 1
+            if posted.reason:
+                log.info("job %s: %s", job_id, posted.reason)
+            self.touch(job_id)
+            return
+
+    async def _fitted(self, job: Job, limit: int) -> tuple[Path | None, str | None]:
+        """The file to upload under `limit` bytes and a note, or (None, None) if it cannot fit."""
+        source = Path(job.output_path or "")
+        if not source.is_file():
+            return None, None
+        if source.stat().st_size <= limit:
+            return source, None
+        self.uploads_dir.mkdir(parents=True, exist_ok=True)
+        target = self.uploads_dir / f"{job.id}-{limit}.mp4"
+        if target.is_file() and target.stat().st_size <= limit:
+            return target, "re-encoded to fit this server's upload limit"
+        result = await asyncio.to_thread(encode.fit_to_budget, source, target, limit)
+        if not result.fits:
+            target.unlink(missing_ok=True)
+            return None, None
+        return target, "re-encoded to fit this server's upload limit"
+
+    async def _post_result(self, job: Job) -> _Posted:
+        limit = self.upload_limit(job.guild_id)
+        for _ in range(3):
+            try:
+                return await self._post_result_under(job, limit)
+            except discord.HTTPException as exc:
+                if exc.status != 413 and exc.code != TOO_LARGE:
+                    raise
+                limit //= 2  # Discord's limit is lower than we thought: aim lower
+                log.warning("job %s: upload refused as too large; trying %d bytes", job.id, limit)
+        return await self._post_result_under(job, limit, with_file=False)
+
+    async def _post_result_under(self, job: Job, limit: int, *, with_file: bool = True) -> _Posted:
+        path, note = await self._fitted(job, limit) if with_file else (None, None)
+        if path is None:
+            if job.output_path is None or not Path(job.output_path).is_file():
+                content = render.result_content(job, note="the video file is no longer kept")
+            else:
+                content = render.too_big_content(job, size=job.output_bytes or 0, limit=limit)
+        else:
+            content = render.result_content(job, note=note)
+        view = build_view(job.id, render.RESULT_BUTTONS)
+        mentions = requester_only(job.user_id)
+
+        def file() -> discord.File | discord.utils._MissingSentinel:
+            if path is None:
+                return discord.utils.MISSING
+            return discord.File(path, filename=f"zoetrope-{job.id}.mp4")
+
+        channel = self.bot.get_partial_messageable(job.channel_id, guild_id=job.guild_id)
+        try:
+            message = await channel.send(
+                content, file=file(), view=view, allowed_mentions=mentions, nonce=job.id
+            )
+            return _Posted(message.id, message.channel.id, "channel")
+        except (discord.Forbidden, discord.NotFound) as exc:
+            reason = f"can't post in channel {job.channel_id} ({exc.text or exc.status})"
+        if self._token_usable(job):
+            try:
+                message = await self.webhook(job).send(
+                    content, file=file(), view=view, allowed_mentions=mentions, wait=True
+                )
+                return _Posted(message.id, message.channel.id, "webhook", reason)
+            except discord.HTTPException as exc:
+                if not self._token_refused(job, exc):
+                    raise
+        try:
+            dm = await self.bot.create_dm(discord.Object(id=job.user_id))
+            where = f"<#{job.channel_id}>" if job.guild_id is not None else "there"
+            dm_note = f"-# I can't post in {where}, so here is your clip."
+            message = await dm.send(
+                f"{content}\n{dm_note}"[: render.MAX_CONTENT],
+                file=file(),
+                view=view,
+                allowed_mentions=mentions,
+                nonce=job.id,
+            )
+            return _Posted(message.id, dm.id, "dm", reason)
+        except discord.Forbidden as exc:
+            reason += f"; DM refused ({exc.text or exc.status})"
+        # Nowhere to post: the progress message says why (render._done_line) and we stop.
+        return _Posted(None, None, "none", reason)
+
+    async def _post_failure(self, job: Job) -> None:
+        """The progress message is gone: tell the member in the channel, or by DM."""
+        content = render.failed_notice(job)
+        mentions = requester_only(job.user_id)
+        channel = self.bot.get_partial_messageable(job.channel_id, guild_id=job.guild_id)
+        message_id: int | None = None
+        channel_id: int | None = None
+        try:
+            message = await channel.send(content, allowed_mentions=mentions, nonce=job.id)
+            message_id, channel_id = message.id, job.channel_id
+        except (discord.Forbidden, discord.NotFound):
+            with contextlib.suppress(discord.HTTPException):
+                dm = await self.bot.create_dm(discord.Object(id=job.user_id))
+                message = await dm.send(content, allowed_mentions=mentions, nonce=job.id)
+                message_id, channel_id = message.id, dm.id
+        self.jobs.mark_delivered(job.id, message_id=message_id, channel_id=channel_id)
+
+    # -- other posts ---------------------------------------------------------------------------
+
+    async def file_for(self, job: Job, limit: int) -> tuple[discord.File | None, str | None]:
+        """The job's clip as an upload under `limit`, or (None, reason)."""
+        path, note = await self._fitted(job, limit)
+        if path is None:
+            if job.output_path is None or not Path(job.output_path).is_file():
+                return None, "The video file of this clip is no longer kept."
+            return None, (
+                f"At {render.megabytes(job.output_bytes or 0)} this clip is over the upload limit "
+                f"here ({render.megabytes(limit)}) even re-encoded."
+            )
+        return discord.File(path, filename=f"zoetrope-{job.id}.mp4"), note
+
+    async def share(self, job: Job, *, sharer_id: int, showcase_id: int) -> discord.Message:
+        """Repost a clip to the showcase channel, crediting its author (no ping)."""
+        upload, reason = await self.file_for(job, self.upload_limit(job.guild_id))
+        if upload is None:
+            raise ZoetropeError(reason or "This clip can't be shared.")
+        channel = self.bot.get_partial_messageable(showcase_id, guild_id=job.guild_id)
+        content = render.showcase_content(
+            job, original_url=render.result_url(job), sharer_id=sharer_id
+        )
+        info = tuple(spec for spec in render.RESULT_BUTTONS if spec.action == "info")
+        # The nonce makes a double click (or a retried request) post once.
+        return await channel.send(
+            content,
+            file=upload,
+            view=build_view(job.id, info),
+            allowed_mentions=discord.AllowedMentions.none(),
+            nonce=f"s{job.id}",
+        )
+
+
+# -- interaction helpers (shared by commands.py and buttons.py) ----------------------------------
+
+
+async def defer_private(interaction: discord.Interaction) -> None:
+    """Defer with a private "thinking…" reply; reply_error then edits it in place."""
+    interaction.extras["private_deferral"] = True
+    await interaction.response.defer(ephemeral=True, thinking=True)
+
+
+async def reply_error(interaction: discord.Interaction, message: str) -> None:
+    """Tell the member what went wrong, privately: the one place errors become replies."""
+    response = interaction.response
+    try:
+        if not response.is_done():
+            await response.send_message(message, ephemeral=True)
+            return
+        if interaction.extras.get("private_deferral"):
+            await interaction.edit_original_response(content=message)
+            return
+        if response.type is discord.InteractionResponseType.deferred_channel_message:
+            # A public "thinking…" reply: remove it, then answer privately (a followup sent
+            # while it is still loading would fill it in, publicly).
+            with contextlib.suppress(discord.HTTPException):
+                await interaction.delete_original_response()
+        await interaction.followup.send(message, ephemeral=True)
+    except discord.HTTPException as exc:
+        log.warning("could not send an error reply (%s): %s", exc.status, message)
+
+
+async def start_progress(
+    bot: ZoetropeBot,
+    interaction: discord.Interaction,
+    job: Job,
+    response: discord.InteractionCallbackResponse[Any] | None,
+) -> None:
+    """The public deferred reply becomes `job`'s progress message."""
+    message_id = getattr(response, "message_id", None)
+    if message_id is None:
+        message_id = (await interaction.original_response()).id
+    channel_id = interaction.channel_id or job.channel_id
+    job = bot.jobs.mark_progress_message(job.id, channel_id=channel_id, message_id=message_id)
+    bot.delivery.track(job)
