@@ -13,6 +13,7 @@ opened before a restart can still be submitted after it.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Iterable
 from typing import TYPE_CHECKING, Any
@@ -109,7 +110,8 @@ async def _new_clip(
     """Make a child job and turn the deferred reply into its progress message.
 
     Fast admissions run before the defer so that a refusal (a pending duplicate, a limit) is
-    a truly private reply; slow ones (Extend reads the last frame) defer first.
+    a truly private reply; slow ones (Extend reads the last frame) defer first, after their
+    own quick checks.
     """
     if defer_first:
         response = await interaction.response.defer(thinking=True)
@@ -150,6 +152,9 @@ def _vary(strength: str) -> Callable[[ZoetropeBot, discord.Interaction, str], Aw
 
 async def _extend(bot: ZoetropeBot, interaction: discord.Interaction, job_id: str) -> None:
     user = interaction.user.id
+    # Extend must read the clip's last frame (slow), so it defers first; every refusal that
+    # needs no frame (limits, a pending child, the length cap) comes before that, privately.
+    bot.jobs.check_extend(job_id, user_id=user, **_where(interaction))
     await _new_clip(
         bot,
         interaction,
@@ -248,6 +253,10 @@ async def _share(bot: ZoetropeBot, interaction: discord.Interaction, job_id: str
         raise NotAllowed("Sharing works for clips made in a server.")
     if job.user_id != interaction.user.id and not _is_moderator(interaction):
         raise NotAllowed("Only the member who made this clip, or a moderator, can share it.")
+    if job.shared_message_id is not None:
+        # Once per clip, for good (Discord's nonce only dedupes within 5 minutes).
+        await interaction.response.send_message(_already_shared(job), ephemeral=True)
+        return
     showcase = bot.jobs.guild_settings(job.guild_id).showcase_channel_id
     if showcase is None:
         raise NotAllowed(
@@ -256,13 +265,20 @@ async def _share(bot: ZoetropeBot, interaction: discord.Interaction, job_id: str
         )
     await interaction.response.defer(ephemeral=True, thinking=True)
     try:
-        posted = await bot.delivery.share(job, sharer_id=interaction.user.id, showcase_id=showcase)
+        shared, new = await bot.delivery.share(
+            job, sharer_id=interaction.user.id, showcase_id=showcase
+        )
     except (discord.Forbidden, discord.NotFound):
         raise NotAllowed(
             f"I can't post in <#{showcase}>. Ask a server admin to let me Send Messages and "
             "Attach Files there."
         ) from None
-    await interaction.edit_original_response(content=f"📌 Shared to {posted.jump_url}")
+    text = f"📌 Shared to {render.shared_url(shared)}" if new else _already_shared(shared)
+    await interaction.edit_original_response(content=text)
+
+
+def _already_shared(job: Job) -> str:
+    return f"📌 This clip is already in the showcase: {render.shared_url(job)}"
 
 
 async def _delete(bot: ZoetropeBot, interaction: discord.Interaction, job_id: str) -> None:
@@ -275,12 +291,21 @@ async def _delete(bot: ZoetropeBot, interaction: discord.Interaction, job_id: st
     try:
         await interaction.delete_original_response()
     except discord.NotFound:
-        return  # already gone
+        pass  # already gone
     except discord.HTTPException:
         # The token route refused: the bot may delete its own message in the channel.
         if interaction.message is None:
             raise
-        await interaction.message.delete()
+        with contextlib.suppress(discord.NotFound):  # already gone
+            await interaction.message.delete()
+    message = interaction.message
+    # Only the job's result message counts (a /job re-post is just a copy); once it is
+    # recorded as deleted, /history and the progress message stop linking to it.
+    if message is None or message.id != job.result_message_id:
+        return
+    job = bot.jobs.mark_result_deleted(job_id, message_id=message.id)
+    if job.progress_message_id is not None:
+        bot.delivery.touch(job_id)
 
 
 async def _cancel(bot: ZoetropeBot, interaction: discord.Interaction, job_id: str) -> None:

@@ -1,8 +1,9 @@
 """Slash commands. Thin: validate what Discord gives us, call one JobService function, reply.
 
 `build_commands()` makes fresh command objects for one bot (tests run several bots in one
-process). Every callback answers within Discord's 3 seconds: /animate defers first thing and
-only then downloads; the others read SQLite and answer directly.
+process). Every callback answers within Discord's 3 seconds: /animate refuses what needs no
+image (limits: SQLite reads) privately, then defers, and only then downloads; the others read
+SQLite and answer directly.
 
 Errors are `ZoetropeError`s and become private replies through `delivery.reply_error` (the
 tree's error handler catches anything that escapes).
@@ -84,17 +85,15 @@ def build_commands() -> list[app_commands.Command[Any, ..., Any] | app_commands.
             raise BadImage("That file is empty. Attach the image again.")
         if image.size > cap:
             raise BadImage(f"That file is too big: the limit is {cap / 2**20:.0f} MiB.")
-        if interaction.guild_id is not None and interaction.channel_id is not None:
-            # Server rules that need no download: refuse before the (public) defer.
-            rules = bot.jobs.guild_settings(interaction.guild_id)
-            if not rules.channel_allowed(interaction.channel_id):
-                channels = ", ".join(f"<#{c}>" for c in rules.allowed_channel_ids[:5])
-                raise NotAllowed(f"Zoetrope isn't enabled in this channel. Try {channels}.")
-            if not rules.preset_allowed(preset):
-                raise NotAllowed(
-                    f"The {preset} preset isn't allowed on this server. "
-                    f"Allowed: {', '.join(rules.allowed_presets)}."
-                )
+        # Every limit that needs no image (channel, preset, pending clips, daily quota, queue
+        # size), refused before the (public) defer and before a byte is downloaded; submit
+        # checks them all again.
+        bot.jobs.precheck(
+            guild_id=interaction.guild_id,
+            channel_id=interaction.channel_id or 0,
+            user_id=interaction.user.id,
+            preset=preset,
+        )
         response = await interaction.response.defer(thinking=True)
         try:
             data = await intake.fetch_attachment(
@@ -190,11 +189,19 @@ def build_commands() -> list[app_commands.Command[Any, ..., Any] | app_commands.
         content = render.result_content(job, note=note if upload is not None else None)
         if upload is None and note:
             content = f"{content}\n{note}"[: render.MAX_CONTENT]
-        await interaction.edit_original_response(
+        posted = await interaction.edit_original_response(
             content=content,
             attachments=[upload] if upload is not None else [],
             view=build_view(job.id, render.RESULT_BUTTONS),
         )
+        if upload is not None and interaction.channel_id is not None:
+            # A re-post of a clip whose result message was deleted takes its place (in the
+            # clip's own channel only), so /history links to a message that exists.
+            restored = bot.jobs.restore_result(
+                job.id, message_id=posted.id, channel_id=interaction.channel_id
+            )
+            if restored.result_message_id == posted.id and restored.progress_message_id:
+                bot.delivery.touch(job.id)  # its progress message links to the clip again
 
     return [animate, queue, cancel, history, job_command, _settings_group()]
 

@@ -14,6 +14,9 @@ the token lives, then a DM, then a clear reason on the progress message. A clip 
 upload limit is re-encoded to fit (generator.encode.fit_to_budget, in a thread); if it still
 cannot fit the message says so and the job stays `done` with its file on disk.
 
+Share reposts a clip to the server's showcase channel once: the post is recorded on the job
+(Discord's nonce only dedupes for 5 minutes), and a later Share links to it.
+
 Delivery failures that may heal (5xx, network) are retried a bounded number of times; a
 result still undelivered then is delivered at the next start (JobService reports it).
 """
@@ -112,6 +115,14 @@ class _Tracker:
     finished: bool = False
 
 
+@dataclass(eq=False)
+class _Gate:
+    """A lock with a count of who holds or waits for it, so it can be dropped when idle."""
+
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    users: int = 0
+
+
 @dataclass(slots=True)
 class _Posted:
     message_id: int | None
@@ -156,6 +167,7 @@ class Delivery:
         self._deliveries: dict[str, asyncio.Task[None]] = {}
         self._guild_limits: dict[int | None, int] = {}  # last attachment_size_limit seen
         self._dead_tokens: set[str] = set()  # jobs whose interaction token was refused
+        self._share_gates: dict[str, _Gate] = {}  # Share in progress, per job
         self._tasks: set[asyncio.Task[Any]] = set()
         self._closing = False
 
@@ -558,24 +570,42 @@ class Delivery:
             )
         return discord.File(path, filename=f"zoetrope-{job.id}.mp4"), note
 
-    async def share(self, job: Job, *, sharer_id: int, showcase_id: int) -> discord.Message:
-        """Repost a clip to the showcase channel, crediting its author (no ping)."""
-        upload, reason = await self.file_for(job, self.upload_limit(job.guild_id))
-        if upload is None:
-            raise ZoetropeError(reason or "This clip can't be shared.")
-        channel = self.bot.get_partial_messageable(showcase_id, guild_id=job.guild_id)
-        content = render.showcase_content(
-            job, original_url=render.result_url(job), sharer_id=sharer_id
-        )
-        info = tuple(spec for spec in render.RESULT_BUTTONS if spec.action == "info")
-        # The nonce makes a double click (or a retried request) post once.
-        return await channel.send(
-            content,
-            file=upload,
-            view=build_view(job.id, info),
-            allowed_mentions=discord.AllowedMentions.none(),
-            nonce=f"s{job.id}",
-        )
+    async def share(self, job: Job, *, sharer_id: int, showcase_id: int) -> tuple[Job, bool]:
+        """Repost a clip to the showcase channel, crediting its author (no ping), once per
+        clip: the post is recorded on the job. Returns the job and whether it was posted now
+        (False: it had been shared already, see `shared_message_id`)."""
+        job_id = job.id
+        gate = self._share_gates.get(job_id)
+        if gate is None:
+            gate = self._share_gates[job_id] = _Gate()
+        gate.users += 1
+        try:
+            async with gate.lock:  # two clicks at once: the second sees the first's post
+                job = self.jobs.get(job_id)
+                if job.shared_message_id is not None:
+                    return job, False
+                upload, reason = await self.file_for(job, self.upload_limit(job.guild_id))
+                if upload is None:
+                    raise ZoetropeError(reason or "This clip can't be shared.")
+                channel = self.bot.get_partial_messageable(showcase_id, guild_id=job.guild_id)
+                content = render.showcase_content(
+                    job, original_url=render.result_url(job), sharer_id=sharer_id
+                )
+                info = tuple(spec for spec in render.RESULT_BUTTONS if spec.action == "info")
+                # The nonce makes a retried request (its first answer lost) post once.
+                message = await channel.send(
+                    content,
+                    file=upload,
+                    view=build_view(job.id, info),
+                    allowed_mentions=discord.AllowedMentions.none(),
+                    nonce=f"s{job.id}",
+                )
+                job = self.jobs.mark_shared(job.id, message_id=message.id, channel_id=showcase_id)
+                return job, True
+        finally:
+            gate.users -= 1
+            if gate.users == 0:
+                self._share_gates.pop(job_id, None)
 
 
 # -- interaction helpers (shared by commands.py and buttons.py) ----------------------------------

@@ -18,6 +18,9 @@ Public API (the Discord layer codes against this)::
     async with service.subscribe() as events:                            # or an async stream
         async for event in events: ...
 
+    # the limits that need no image (channel, preset, pending, daily quota, queue size):
+    # call before downloading; submit() checks them again with the same code
+    service.precheck(guild_id=..., channel_id=..., user_id=..., preset=None)
     job = await service.submit(guild_id=..., channel_id=..., user_id=..., prompt=...,
                                image_sha256=..., negative_prompt="", camera=None,
                                duration=None, seed=None, preset=None, interaction=None)
@@ -25,6 +28,7 @@ Public API (the Discord layer codes against this)::
     await service.reroll(parent_id, user_id=..., guild_id=..., channel_id=..., interaction=None)
     await service.vary(parent_id, user_id=..., strength="subtle" | "strong", ...)
     await service.edit(parent_id, user_id=..., prompt="...", ...)
+    service.check_extend(parent_id, user_id=..., ...)  # Extend's refusals that need no frame
     await service.extend(parent_id, user_id=..., ...)
     await service.loop(parent_id, user_id=..., ...)
     await service.cancel(job_id, user_id=..., moderator=False) -> Job
@@ -39,6 +43,9 @@ Public API (the Discord layer codes against this)::
     service.mark_progress_message(job_id, channel_id=..., message_id=...) -> Job
     service.mark_delivered(job_id, message_id=..., channel_id=None) -> Job   (idempotent)
     service.record_delivery_attempt(job_id) -> Job
+    service.mark_result_deleted(job_id, message_id=...) -> Job   (Delete; other copies: no-op)
+    service.restore_result(job_id, message_id=..., channel_id=...) -> Job   (/job re-post)
+    service.mark_shared(job_id, message_id=..., channel_id=...) -> Job      (first share wins)
     service.prune_outputs() -> int
 
 Every refusal is a `bot.errors.ZoetropeError` subclass whose `.message` is fit for Discord.
@@ -528,6 +535,30 @@ class JobService:
             self._child(parent, "edit", user_id, guild_id, channel_id, interaction, prompt=prompt)
         )
 
+    def check_extend(
+        self,
+        parent_id: str,
+        *,
+        user_id: int,
+        guild_id: Any = _SAME,
+        channel_id: Any = _SAME,
+    ) -> Job:
+        """Extend's refusals that need no frame of the clip: the parent is finished and its
+        video kept, its length cap (when its frame count is on the row), the button rules
+        (owner-only servers, a pending child) and precheck's limits. Returns the parent.
+
+        The Discord layer calls this before deferring, so a refusal is private; extend()
+        runs it again, and everything is checked once more right before the row is written.
+        """
+        parent = self._parent_for(parent_id)
+        self._parent_output(parent)
+        if parent.num_frames:
+            self._extend_frames(parent, parent.num_frames)
+        self._check_child_allowed(parent, user_id, guild_id, channel_id)
+        guild, channel = self._place_of(parent, guild_id, channel_id)
+        self.precheck(guild_id=guild, channel_id=channel, user_id=user_id, preset=parent.preset)
+        return parent
+
     async def extend(
         self,
         parent_id: str,
@@ -539,24 +570,15 @@ class JobService:
     ) -> Job:
         """Continue the clip from its last frame; the two clips are joined (seam frame
         dropped) and the total length is capped by the preset."""
-        parent = self._parent_for(parent_id)
+        # Cheap checks before the (slower) last-frame extraction.
+        parent = self.check_extend(
+            parent_id, user_id=user_id, guild_id=guild_id, channel_id=channel_id
+        )
         source = self._parent_output(parent)
         parent_frames = (
             parent.num_frames or (await asyncio.to_thread(encode.probe, source))["frames"]
         )
-        rules = self._clip_rules(parent)
-        room = rules.max_frames - parent_frames + 1  # the seam frame is shared
-        new_frames = min(rules.clip_frames, rules.max_clip_frames, room)
-        new_frames = (new_frames - 1) // rules.frame_rule * rules.frame_rule + 1  # snap down
-        if new_frames < rules.frame_rule + 1:
-            seconds = parent_frames / (parent.fps or 16)
-            raise LimitReached(
-                f"This clip is already as long as it can get ({parent_frames} frames, "
-                f"{seconds:.1f} s)."
-            )
-        # Cheap checks before the (slower) last-frame extraction; all of them run again
-        # right before the row is written.
-        self._check_child_allowed(parent, user_id, guild_id, channel_id)
+        new_frames = self._extend_frames(parent, parent_frames)
         frame = await asyncio.to_thread(encode.last_frame, source)
         image = await asyncio.to_thread(intake.normalise_pil, frame)
         await asyncio.to_thread(intake.store_image, image, self.inputs_dir)
@@ -575,6 +597,21 @@ class JobService:
             "parent_frames": parent_frames,
         }
         return self._admit(job)
+
+    def _extend_frames(self, parent: Job, parent_frames: int) -> int:
+        """Frames the next extension of `parent` may add, on the model's frame grid; raises
+        LimitReached when the clip is already at the preset's total-length cap."""
+        rules = self._clip_rules(parent)
+        room = rules.max_frames - parent_frames + 1  # the seam frame is shared
+        new_frames = min(rules.clip_frames, rules.max_clip_frames, room)
+        new_frames = (new_frames - 1) // rules.frame_rule * rules.frame_rule + 1  # snap down
+        if new_frames < rules.frame_rule + 1:
+            seconds = parent_frames / (parent.fps or 16)
+            raise LimitReached(
+                f"This clip is already as long as it can get ({parent_frames} frames, "
+                f"{seconds:.1f} s)."
+            )
+        return new_frames
 
     async def loop(
         self,
@@ -730,6 +767,31 @@ class JobService:
     def record_delivery_attempt(self, job_id: str) -> Job:
         return self.store.increment_delivery_attempts(job_id)
 
+    def mark_result_deleted(self, job_id: str, *, message_id: int) -> Job:
+        """A message showing this clip was deleted (the Delete button). If it was the job's
+        result message, the row forgets it (`result_deleted_at` set), so /history and the
+        progress message stop linking to it; another copy (a /job re-post) changes nothing."""
+        self.store.require_job(job_id)
+        self.store.mark_result_deleted(job_id, message_id=message_id, at=self.clock())
+        return self.store.require_job(job_id)
+
+    def restore_result(self, job_id: str, *, message_id: int, channel_id: int) -> Job:
+        """A /job re-post becomes the result message again, if the result was deleted and the
+        re-post is in the clip's own channel (where the progress message's link points)."""
+        job = self.store.require_job(job_id)
+        if job.result_deleted_at is None or channel_id != job.channel_id:
+            return job
+        self.store.restore_result(job_id, message_id=message_id, channel_id=channel_id)
+        return self.store.require_job(job_id)
+
+    def mark_shared(self, job_id: str, *, message_id: int, channel_id: int) -> Job:
+        """Record the clip's showcase post. The first post wins: a clip is shared once."""
+        self.store.require_job(job_id)
+        self.store.mark_shared(
+            job_id, message_id=message_id, channel_id=channel_id, at=self.clock()
+        )
+        return self.store.require_job(job_id)
+
     def prune_outputs(self) -> int:
         """Delete output files older than the retention setting; rows stay. Returns count."""
         if self.output_retention_days is None:
@@ -792,21 +854,62 @@ class JobService:
             )
         return job
 
+    def precheck(
+        self,
+        *,
+        guild_id: int | None,
+        channel_id: int,
+        user_id: int,
+        preset: str | None = None,
+    ) -> None:
+        """Refuse now what submit() would refuse without looking at the image: an unknown
+        or disallowed preset, a disallowed channel, the member's pending clips, the server's
+        pending clips, the daily quota, the bot's queue size. Same code, same typed errors
+        and messages as submit(), so the Discord layer can call it before it defers and
+        downloads the attachment. Passing promises nothing: submit() checks it all again
+        when it writes the row."""
+        self._check_admission(
+            guild_id=guild_id,
+            channel_id=channel_id,
+            user_id=user_id,
+            preset=preset,
+            counts_quota=True,
+        )
+
+    def _check_admission(
+        self,
+        *,
+        guild_id: int | None,
+        channel_id: int,
+        user_id: int,
+        preset: str | None,
+        counts_quota: bool,
+        parent_id: str | None = None,
+    ) -> str:
+        """Every admission rule of a new job (precheck and _admit share it); returns the
+        UTC day its daily count goes to."""
+        settings = self._settings(guild_id)
+        self._check_place(settings, channel_id, preset)
+        if parent_id is not None:
+            self._check_not_pending(parent_id, user_id)
+        day = _day(self.clock())
+        self._check_limits(
+            settings, user_id=user_id, guild_id=guild_id, day=day, counts_quota=counts_quota
+        )
+        return day
+
     def _admit(self, job: Job) -> Job:
         """Check every rule, write the row, count the quota, queue it. Synchronous on
         purpose: no other submit can interleave between the checks and the insert."""
-        settings = self._settings(job.guild_id)
-        self._check_place(settings, job.channel_id, job.preset)
-        if job.parent_id is not None:
-            existing = self.store.pending_child(job.parent_id, job.user_id)
-            if existing is not None:
-                raise AlreadyPending(
-                    "You already have a clip from this one in the queue — wait for it to "
-                    "finish, or /cancel it."
-                )
         counts_quota = job.kind != "loop"
-        day = _day(self.clock())
-        self._check_limits(settings, job, day, counts_quota)
+        day = self._check_admission(
+            guild_id=job.guild_id,
+            channel_id=job.channel_id,
+            user_id=job.user_id,
+            preset=job.preset,
+            counts_quota=counts_quota,
+            parent_id=job.parent_id,
+        )
         for _ in range(5):
             try:
                 with self.store.db.atomic():
@@ -846,7 +949,13 @@ class JobService:
             )
 
     def _check_limits(
-        self, settings: GuildSettings | None, job: Job, day: str, counts_quota: bool
+        self,
+        settings: GuildSettings | None,
+        *,
+        user_id: int,
+        guild_id: int | None,
+        day: str,
+        counts_quota: bool,
     ) -> None:
         per_user = self.limits.pending_per_user
         per_guild = self.limits.pending_per_guild
@@ -856,7 +965,7 @@ class JobService:
             per_guild = settings.max_pending_per_guild or per_guild
             if settings.daily_limit_per_user is not None:
                 daily = settings.daily_limit_per_user or None  # 0: no daily limit here
-        pending = self.store.pending_for_user(job.user_id)
+        pending = self.store.pending_for_user(user_id)
         if pending >= per_user:
             clips = "clip" if pending == 1 else "clips"
             raise LimitReached(
@@ -864,13 +973,13 @@ class JobService:
                 "or /cancel one."
             )
         if counts_quota and daily is not None:
-            used = self.store.daily_count(job.user_id, day)
+            used = self.store.daily_count(user_id, day)
             if used >= daily:
                 raise QuotaExceeded(
                     f"You've made {used} clips today, the daily limit here. "
                     f"It resets at midnight UTC (<t:{_next_midnight(self.clock())}:R>)."
                 )
-        if job.guild_id is not None and self.store.pending_for_guild(job.guild_id) >= per_guild:
+        if guild_id is not None and self.store.pending_for_guild(guild_id) >= per_guild:
             raise QueueFull(
                 f"This server already has {per_guild} clips in the queue — try again in a "
                 "few minutes."
@@ -900,7 +1009,7 @@ class JobService:
     def _check_child_allowed(
         self, parent: Job, user_id: int, guild_id: Any, channel_id: Any
     ) -> None:
-        guild = parent.guild_id if guild_id is _SAME else guild_id
+        guild, channel = self._place_of(parent, guild_id, channel_id)
         settings = self._settings(guild)
         if (
             user_id != parent.user_id
@@ -908,13 +1017,22 @@ class JobService:
             and not settings.others_can_use_buttons
         ):
             raise NotAllowed("On this server only the clip's owner can use its buttons.")
-        channel = parent.channel_id if channel_id is _SAME else channel_id
         self._check_place(settings, channel, parent.preset)
-        if self.store.pending_child(parent.id, user_id) is not None:
+        self._check_not_pending(parent.id, user_id)
+
+    def _check_not_pending(self, parent_id: str, user_id: int) -> None:
+        if self.store.pending_child(parent_id, user_id) is not None:
             raise AlreadyPending(
                 "You already have a clip from this one in the queue — wait for it to "
                 "finish, or /cancel it."
             )
+
+    @staticmethod
+    def _place_of(parent: Job, guild_id: Any, channel_id: Any) -> tuple[int | None, int]:
+        """Where a child job of `parent` lives (_SAME: the parent's server or channel)."""
+        guild = parent.guild_id if guild_id is _SAME else guild_id
+        channel = parent.channel_id if channel_id is _SAME else channel_id
+        return guild, channel
 
     def _child(
         self,
@@ -944,10 +1062,11 @@ class JobService:
             fields["variation_seed"], fields["variation_strength"] = None, 0.0
         fields.update(changes)
         credit = parent.owner_id if parent.owner_id != user_id else None
+        guild, channel = self._place_of(parent, guild_id, channel_id)
         return self._new_job(
             kind=kind,
-            guild_id=parent.guild_id if guild_id is _SAME else guild_id,
-            channel_id=parent.channel_id if channel_id is _SAME else channel_id,
+            guild_id=guild,
+            channel_id=channel,
             user_id=user_id,
             interaction=interaction,
             parent_id=parent.id,

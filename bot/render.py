@@ -226,6 +226,8 @@ def progress_content(job: Job, queue: QueueInfo | None = None) -> str:
 
 
 def _done_line(job: Job) -> str:
+    if job.result_deleted_at is not None:
+        return f"✅ Done — the clip's message was deleted; `/job {job.id}` posts it again."
     if job.result_message_id is None:
         if job.delivered_at is None:
             return "✅ Done — posting the clip…"
@@ -356,7 +358,13 @@ def message_url(guild_id: int | None, channel_id: int | None, message_id: int | 
 
 
 def result_url(job: Job) -> str | None:
+    """The result message's link; None when there is none (not posted, or deleted)."""
     return message_url(job.guild_id, job.result_channel_id or job.channel_id, job.result_message_id)
+
+
+def shared_url(job: Job) -> str | None:
+    """The link to the clip's showcase post (Share), if it was shared."""
+    return message_url(job.guild_id, job.shared_channel_id, job.shared_message_id)
 
 
 def queue_content(
@@ -383,7 +391,10 @@ def history_content(jobs: Iterable[Job]) -> str:
     lines = []
     for job in jobs:
         url = result_url(job)
-        where = f"[clip]({url})" if url and job.status == "done" else job.status
+        if job.status == "done" and job.result_deleted_at is not None:
+            where = "deleted"  # its message is gone: no dead link
+        else:
+            where = f"[clip]({url})" if url and job.status == "done" else job.status
         lines.append(f"• `{job.id}` {where} — {escape(_short(job.prompt, 60))}")
     return _fit("\n".join(lines) or "You have no clips yet. Try `/animate`.")
 

@@ -29,6 +29,9 @@ Public API (all synchronous, call from the event-loop thread; each call is a few
     Store.pending_child(parent_id, user_id) -> Job | None
     Store.history(user_id, *, guild_id=None, limit=10) -> list[Job]
     Store.undelivered(statuses=("done",)) -> list[Job]
+    Store.mark_result_deleted(job_id, *, message_id, at) -> bool   # that message only
+    Store.restore_result(job_id, *, message_id, channel_id) -> bool   # a deleted result only
+    Store.mark_shared(job_id, *, message_id, channel_id, at) -> bool  # the first share only
     Store.outputs_finished_before(ts) -> list[Job]
     Store.daily_count(user_id, day) -> int ; Store.add_daily(user_id, day, delta) -> int
     Store.record_gen_time(preset, seconds, at) ; Store.recent_gen_times(preset, limit=20)
@@ -130,6 +133,13 @@ class Job:
     gen_seconds: float | None = None
     delivered_at: float | None = None
     delivery_attempts: int = 0
+    # The result message was deleted (Delete button): result_message_id/result_channel_id are
+    # cleared with it, so nothing links to a message that is gone.
+    result_deleted_at: float | None = None
+    # The clip's one showcase post (Share), so a second Share links to it instead of reposting.
+    shared_channel_id: int | None = None
+    shared_message_id: int | None = None
+    shared_at: float | None = None
     quota_day: str | None = None  # UTC day counted against the daily quota; None = not counted
     meta: dict[str, Any] = field(default_factory=dict)  # the backend's Done.meta and extras
 
@@ -351,9 +361,22 @@ def _migration_2(db: sqlite_utils.Database) -> None:
     db.conn.execute("CREATE INDEX gen_times_preset ON gen_times (preset, id)")
 
 
+def _migration_3(db: sqlite_utils.Database) -> None:
+    # A deleted result message (so /history and /job stop linking to it) and the clip's
+    # showcase post (so Share posts once, beyond Discord's 5-minute nonce window).
+    for column, kind in [
+        ("result_deleted_at", "REAL"),
+        ("shared_channel_id", "INTEGER"),
+        ("shared_message_id", "INTEGER"),
+        ("shared_at", "REAL"),
+    ]:
+        db.conn.execute(f"ALTER TABLE jobs ADD COLUMN {column} {kind}")
+
+
 MIGRATIONS: list[tuple[int, str, Callable[[sqlite_utils.Database], None]]] = [
     (1, "jobs, guild settings, daily counts", _migration_1),
     (2, "delivery tracking, interaction tokens, credits, generation times", _migration_2),
+    (3, "deleted result messages, showcase posts", _migration_3),
 ]
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
@@ -560,6 +583,36 @@ class Store:
             f"SELECT * FROM jobs WHERE status IN ({marks}) AND delivered_at IS NULL ORDER BY seq",
             list(statuses),
         )
+
+    def mark_result_deleted(self, job_id: str, *, message_id: int, at: float) -> bool:
+        """Record that the result message `message_id` was deleted: its ids are cleared and
+        `result_deleted_at` set. Guarded on the id, so deleting another copy of the clip (a
+        /job re-post) changes nothing. Returns whether the row changed."""
+        cursor = self.db.execute(
+            "UPDATE jobs SET result_deleted_at = ?, result_message_id = NULL, "
+            "result_channel_id = NULL WHERE id = ? AND result_message_id = ?",
+            [at, job_id, message_id],
+        )
+        return cursor.rowcount == 1
+
+    def restore_result(self, job_id: str, *, message_id: int, channel_id: int) -> bool:
+        """Make a re-post the job's result message, only if its result had been deleted.
+        Returns whether the row changed."""
+        cursor = self.db.execute(
+            "UPDATE jobs SET result_message_id = ?, result_channel_id = ?, "
+            "result_deleted_at = NULL WHERE id = ? AND result_deleted_at IS NOT NULL",
+            [message_id, channel_id, job_id],
+        )
+        return cursor.rowcount == 1
+
+    def mark_shared(self, job_id: str, *, message_id: int, channel_id: int, at: float) -> bool:
+        """Record the clip's showcase post; the first one wins. Returns whether it was new."""
+        cursor = self.db.execute(
+            "UPDATE jobs SET shared_message_id = ?, shared_channel_id = ?, shared_at = ? "
+            "WHERE id = ? AND shared_message_id IS NULL",
+            [message_id, channel_id, at, job_id],
+        )
+        return cursor.rowcount == 1
 
     def outputs_finished_before(self, ts: float) -> list[Job]:
         """Finished jobs with an output file on disk that finished before `ts`."""

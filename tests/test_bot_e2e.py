@@ -412,6 +412,102 @@ async def test_info_share_delete(h: Harness, backend: LocalBackend) -> None:
     assert h.job(job.id).status == "done"  # the clip stays; only the message is gone
 
 
+async def test_share_posts_once(h: Harness, backend: LocalBackend) -> None:
+    """A clip is shared once: a double click posts once, and a Share after Discord's 5-minute
+    nonce window answers privately with the link to the existing showcase post."""
+    showcase = h.guild.channel("showcase")
+    await h.start_bot(backend)
+    owner = h.server.users[h.guild.owner_id]
+    chosen = await h.server.slash(
+        h.guild, h.channel, owner, "settings showcase", {"channel": showcase}
+    )
+    await chosen.acknowledged()
+    job, result = await h.delivered((await h.job_of(await h.animate(h.alice))).id)
+    clicks = await asyncio.gather(
+        h.server.click(result, render.custom_id("share", job.id), h.alice),
+        h.server.click(result, render.custom_id("share", job.id), h.alice),
+    )
+    replies = [await _private(h, ix) for ix in clicks]
+    shared = await h.server.wait_for(
+        lambda: (j := h.job(job.id)).shared_message_id and j, what="the share recorded"
+    )
+    [post] = h.server.messages(showcase)
+    assert (shared.shared_message_id, shared.shared_channel_id) == (post.id, showcase.id)
+    url = render.shared_url(shared)
+    assert all(any(url in text for text in texts) for texts in replies), replies
+
+    h.server.clock.advance(6 * 60)  # past the nonce window: only our record stops a repost
+    again = await h.server.click(result, render.custom_id("share", job.id), h.alice)
+    assert await again.acknowledged() == 4 and again.ephemeral
+    assert "already in the showcase" in again.original.content and url in again.original.content
+    assert [m.id for m in h.server.messages(showcase)] == [post.id]
+    assert len(h.server.requests_for("POST", rf"^/channels/{showcase.id}/messages$")) == 1
+
+
+async def test_delete_is_recorded_and_job_reposts(h: Harness, backend: LocalBackend) -> None:
+    """Deleting a result is recorded: the progress message and /history stop linking to it;
+    /job re-posts it with live buttons and /history then links to the re-post."""
+    await h.start_bot(backend)
+    ix = await h.animate(h.alice)
+    job, result = await h.delivered((await h.job_of(ix)).id)
+    await h.settled(ix.original, "watch the clip")
+    old_url = render.result_url(job)
+    assert old_url in ix.original.content
+    await h.server.click(result, render.custom_id("delete", job.id), h.alice)
+    gone = await h.server.wait_for(
+        lambda: (j := h.job(job.id)).result_deleted_at and j, what="the deletion recorded"
+    )
+    assert result.deleted and gone.result_message_id is None
+    assert gone.status == "done" and gone.delivered and Path(gone.output_path).is_file()
+    await h.settled(ix.original, "was deleted")
+    assert old_url not in ix.original.content and f"/job {job.id}" in ix.original.content
+    history = await h.server.slash(h.guild, h.channel, h.alice, "history")
+    text = (await _private(h, history))[0]
+    assert f"`{job.id}` deleted" in text and old_url not in text
+
+    repost = await h.server.slash(h.guild, h.channel, h.alice, "job", {"id": job.id})
+    assert await repost.acknowledged() == 5
+    await h.server.wait_for(lambda: repost.original.attachments, what="the re-post")
+    assert repost.original.custom_ids == [render.custom_id(a, job.id) for a in RESULT_ACTIONS]
+    back = await h.server.wait_for(
+        lambda: (j := h.job(job.id)).result_message_id and j, what="the re-post recorded"
+    )
+    assert back.result_message_id == repost.original.id and back.result_deleted_at is None
+    new_url = render.result_url(back)
+    await h.settled(ix.original, new_url)
+    history = await h.server.slash(h.guild, h.channel, h.alice, "history")
+    assert new_url in (await _private(h, history))[0]
+
+
+async def test_limits_are_checked_before_the_download(
+    h: Harness, slow_backend: LocalBackend
+) -> None:
+    """At their pending limit a member's /animate and Extend are refused privately before any
+    defer, and the refused image is never downloaded."""
+    await h.start_bot(slow_backend)
+    parent, result = await h.delivered((await h.job_of(await h.animate(h.alice))).id, timeout=40)
+    pending = [await h.job_of(await h.animate(h.alice, p)) for p in ("second", "third")]
+    attachment = h.server.make_attachment("photo.png", png(seed=3), "image/png")
+    refused = await h.server.slash(
+        h.guild,
+        h.channel,
+        h.alice,
+        "animate",
+        options={"prompt": "one too many"},
+        attachments=[attachment],
+    )
+    assert await refused.acknowledged() == 4 and refused.ephemeral
+    assert "You already have 2 clips in the queue" in refused.original.content
+    assert attachment.downloads == 0
+    assert h.server.requests_for("GET", rf"^/cdn/attachments/\d+/{attachment.id}/") == []
+    extend = await h.server.click(result, render.custom_id("extend", parent.id), h.alice)
+    assert await extend.acknowledged() == 4 and extend.ephemeral
+    assert "You already have 2 clips in the queue" in extend.original.content
+    assert len(h.bot.jobs.history(h.alice.id, limit=10)) == 3
+    for job in reversed(pending):
+        await h.bot.jobs.cancel(job.id, user_id=h.alice.id)
+
+
 async def _private(h: Harness, ix: Interaction, timeout: float = 10) -> list[str]:
     await ix.acknowledged()
     return await h.server.wait_for(

@@ -263,6 +263,101 @@ async def test_bad_options_are_refused_and_nothing_is_written(make_env) -> None:
     assert (await env.submit(channel_id=77, preset="ltx-fast")).preset == "ltx-fast"
 
 
+async def test_precheck_refuses_what_submit_would_and_writes_nothing(make_env) -> None:
+    """precheck raises submit's own error and message for each limit that needs no image
+    (channel, preset, member and server pending, daily quota, queue size) and writes nothing."""
+    backend = FakeBackend()
+    backend.hold()
+    env = await make_env(backend, Limits(max_queue=5, daily_per_user=3))
+    env.service.update_guild_settings(1, allowed_channel_ids=[10], allowed_presets=["ltx-fast"])
+
+    async def same_refusal(error: type, text: str, **where) -> None:
+        where = {"guild_id": 1, "channel_id": 10, "user_id": 100, **where}
+        rows = env.store.db.execute("SELECT COUNT(*) FROM jobs").fetchone()[0]
+        with pytest.raises(error) as early:
+            env.service.precheck(**where)
+        with pytest.raises(error) as late:
+            await env.submit(**where)
+        assert type(early.value) is type(late.value)
+        assert early.value.message == late.value.message and text in early.value.message
+        assert env.store.db.execute("SELECT COUNT(*) FROM jobs").fetchone()[0] == rows
+
+    assert env.service.precheck(guild_id=1, channel_id=10, user_id=100, preset="ltx-fast") is None
+    assert env.store.daily_count(100, "2026-11-26") == 0  # a precheck counts nothing
+    await same_refusal(NotAllowed, "isn't enabled in this channel", channel_id=11)
+    await same_refusal(NotAllowed, "preset isn't allowed", preset="wan22-5b")
+    await env.submit()
+    await env.until(lambda: backend.started_ids)  # held while running: the rest wait
+    await env.submit()
+    await same_refusal(LimitReached, "You already have 2 clips in the queue")
+    env.service.update_guild_settings(1, max_pending_per_guild=3)
+    await env.submit(user_id=101)
+    await same_refusal(QueueFull, "This server already has 3 clips", user_id=102)
+    env.store.add_daily(103, "2026-11-26", 3)
+    await same_refusal(QuotaExceeded, "You've made 3 clips today", guild_id=2, user_id=103)
+    for user in (104, 105, 106):  # DMs: each its own "server"; 1 running + 5 waiting
+        await env.submit(guild_id=None, user_id=user)
+    await same_refusal(QueueFull, "Zoetrope's queue is full", guild_id=None, user_id=107)
+    backend.release()
+
+
+async def test_check_extend_refuses_before_the_last_frame_is_read(make_env) -> None:
+    """Extend's limit, duplicate and length refusals come from check_extend without reading
+    the clip; extend() gives the same ones before it extracts and stores the last frame."""
+    backend = FakeBackend(real_video=True)
+    env = await make_env(backend, Limits(pending_per_user=2))
+    parent = await env.wait((await env.submit(preset="wan-480p-fast", duration="short")).id)
+    assert env.service.check_extend(parent.id, user_id=100).id == parent.id
+    inputs = sorted((env.tmp / "inputs").iterdir())
+    backend.hold()
+    await env.submit()
+    await env.submit()
+    with pytest.raises(LimitReached, match="You already have 2 clips"):
+        env.service.check_extend(parent.id, user_id=100)
+    with pytest.raises(LimitReached, match="You already have 2 clips"):
+        await env.service.extend(parent.id, user_id=100)
+    assert sorted((env.tmp / "inputs").iterdir()) == inputs  # no last frame was stored
+    await env.service.reroll(parent.id, user_id=200)
+    with pytest.raises(AlreadyPending, match="already have a clip from this one"):
+        env.service.check_extend(parent.id, user_id=200)
+    env.store.update_job(parent.id, num_frames=241)  # wan-480p-fast's cap on the total
+    with pytest.raises(LimitReached, match="already as long as it can get"):
+        env.service.check_extend(parent.id, user_id=300)
+    env.store.update_job(parent.id, num_frames=parent.num_frames)
+    env.service.update_guild_settings(1, others_can_use_buttons=False)
+    with pytest.raises(NotAllowed, match="only the clip's owner"):
+        env.service.check_extend(parent.id, user_id=300, channel_id=11)
+    backend.release()
+
+
+async def test_deleted_result_and_showcase_post_are_recorded(make_env) -> None:
+    """Deleting the result message forgets it (deleting a copy does not); a re-post in the
+    clip's channel takes its place; the first showcase post is kept for good."""
+    env = await make_env()
+    job = await env.wait((await env.submit()).id)
+    env.service.mark_delivered(job.id, message_id=500, channel_id=10)
+    copy = env.service.mark_result_deleted(job.id, message_id=501)  # a /job re-post
+    assert (copy.result_message_id, copy.result_deleted_at) == (500, None)
+    deleted = env.service.mark_result_deleted(job.id, message_id=500)
+    assert (deleted.result_message_id, deleted.result_channel_id) == (None, None)
+    assert deleted.result_deleted_at == NOON and deleted.delivered
+    assert env.store.undelivered() == []  # not posted again at the next start
+    elsewhere = env.service.restore_result(job.id, message_id=600, channel_id=99)
+    assert elsewhere.result_message_id is None and elsewhere.result_deleted_at == NOON
+    restored = env.service.restore_result(job.id, message_id=601, channel_id=10)
+    assert (restored.result_message_id, restored.result_channel_id) == (601, 10)
+    assert restored.result_deleted_at is None
+    live = env.service.restore_result(job.id, message_id=602, channel_id=10)
+    assert live.result_message_id == 601  # a re-post of a live result is only a copy
+    shared = env.service.mark_shared(job.id, message_id=700, channel_id=20)
+    assert (shared.shared_message_id, shared.shared_channel_id, shared.shared_at) == (700, 20, NOON)
+    env.clock.now += 3600
+    again = env.service.mark_shared(job.id, message_id=701, channel_id=21)
+    assert (again.shared_message_id, again.shared_channel_id, again.shared_at) == (700, 20, NOON)
+    with pytest.raises(NotFound):
+        env.service.mark_result_deleted("nosuchjob1", message_id=1)
+
+
 # -- cancel ---------------------------------------------------------------------------
 
 

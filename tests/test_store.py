@@ -43,9 +43,9 @@ def test_pragmas_and_schema(store: Store) -> None:
     assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     assert conn.execute("PRAGMA synchronous").fetchone()[0] == 1  # NORMAL
     assert conn.execute("PRAGMA busy_timeout").fetchone()[0] == 5000
-    assert store.schema_version == SCHEMA_VERSION == 2
+    assert store.schema_version == SCHEMA_VERSION == 3
     rows = conn.execute("SELECT version, name FROM _migrations ORDER BY version").fetchall()
-    assert [r[0] for r in rows] == [1, 2]
+    assert [r[0] for r in rows] == [1, 2, 3]
 
 
 def test_v1_file_upgrades_in_place(tmp_path: Path) -> None:
@@ -73,8 +73,31 @@ def test_v1_file_upgrades_in_place(tmp_path: Path) -> None:
     new.close()
     # opening again applies nothing twice
     again = Store(path)
-    assert again.conn.execute("SELECT COUNT(*) FROM _migrations").fetchone()[0] == 2
+    assert again.conn.execute("SELECT COUNT(*) FROM _migrations").fetchone()[0] == SCHEMA_VERSION
     again.close()
+
+
+def test_v2_file_upgrades_to_result_and_share_tracking(tmp_path: Path) -> None:
+    """A schema-2 file gains the deleted-result and showcase columns, its delivered row intact."""
+    path = tmp_path / "v2.db"
+    old = Store(path, migrate_to=2)
+    assert old.schema_version == 2
+    old.conn.execute(
+        "INSERT INTO jobs (id, kind, guild_id, channel_id, user_id, prompt, input_sha256, seed,"
+        " status, created_at, delivered_at, result_message_id, result_channel_id) VALUES"
+        " ('v2job00001', 'animate', 5, 10, 7, 'a cat', ?, 9, 'done', 1.0, 5.0, 50, 10)",
+        ["b" * 64],
+    )
+    old.conn.commit()
+    old.close()
+
+    new = Store(path)
+    assert new.schema_version == SCHEMA_VERSION
+    back = new.require_job("v2job00001")
+    assert (back.result_message_id, back.result_channel_id, back.delivered_at) == (50, 10, 5.0)
+    assert back.result_deleted_at is None and back.shared_message_id is None
+    assert new.mark_result_deleted(back.id, message_id=50, at=6.0)
+    new.close()
 
 
 def test_newer_schema_is_refused(tmp_path: Path) -> None:
@@ -144,6 +167,37 @@ def test_queries(store: Store) -> None:
     assert [j.id for j in store.jobs_with_status("queued")] == [
         j.id for j in sorted(store.jobs_with_status("queued"), key=lambda j: j.seq)
     ]
+
+
+def test_result_deletion_restore_and_share_are_guarded(store: Store) -> None:
+    """Only the recorded result message's deletion counts, a re-post restores only a deleted
+    result, and the first showcase post is never overwritten."""
+    job = make_job(store, status="done")
+    store.update_job(job.id, delivered_at=1.0, result_message_id=50, result_channel_id=10)
+    assert not store.mark_result_deleted(
+        job.id, message_id=51, at=2.0
+    )  # another message showing the clip
+    assert store.require_job(job.id).result_message_id == 50
+    assert not store.restore_result(job.id, message_id=60, channel_id=10)  # not deleted
+    assert store.mark_result_deleted(job.id, message_id=50, at=2.0)
+    gone = store.require_job(job.id)
+    assert (gone.result_message_id, gone.result_channel_id, gone.result_deleted_at) == (
+        None,
+        None,
+        2.0,
+    )
+    assert not store.mark_result_deleted(job.id, message_id=50, at=3.0)  # recorded once
+    assert store.restore_result(job.id, message_id=60, channel_id=10)
+    back = store.require_job(job.id)
+    assert (back.result_message_id, back.result_channel_id, back.result_deleted_at) == (
+        60,
+        10,
+        None,
+    )
+    assert store.mark_shared(job.id, message_id=70, channel_id=20, at=4.0)
+    assert not store.mark_shared(job.id, message_id=71, channel_id=21, at=5.0)
+    shared = store.require_job(job.id)
+    assert (shared.shared_message_id, shared.shared_channel_id, shared.shared_at) == (70, 20, 4.0)
 
 
 def test_daily_counts_never_go_negative(store: Store) -> None:
