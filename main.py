@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import os
 import random
 import sys
@@ -129,6 +130,11 @@ async def _animate(args: argparse.Namespace) -> int:
         variation_strength=args.variation_strength,
     )
 
+    # Failures come back as events and are printed once below; the log is for --verbose.
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.CRITICAL,
+        format="%(asctime)s %(name)s %(levelname)s %(message)s",
+    )
     bar = ProgressBar()
     started = time.monotonic()
     backend = LocalBackend(model)
@@ -231,6 +237,7 @@ def build_parser() -> argparse.ArgumentParser:
     length.add_argument("--frames", type=int)
     animate.add_argument("--negative", help="what to avoid")
     animate.add_argument("--out", help="output MP4 path (default zoetrope-<seed>.mp4)")
+    animate.add_argument("--verbose", action="store_true", help="log the worker's output")
     animate.set_defaults(func=lambda a: asyncio.run(_animate(a)))
 
     worker = sub.add_parser("worker", help="serve jobs from Redis on this GPU machine")

@@ -138,3 +138,15 @@ def _truncated_png(path: Path) -> Path:
     data = path.read_bytes()
     path.write_bytes(data[: len(data) // 2])
     return path
+
+
+@pytest.mark.timeout(120)
+def test_animate_without_gpu_says_a_gpu_or_local_model_is_needed(photo: Path, tmp_path: Path):
+    """On a machine without CUDA, `animate` with the default `auto` says clearly what it needs."""
+    result = run_cli("animate", str(photo), "waves", "--out", str(tmp_path / "c.mp4"), cwd=tmp_path)
+    assert result.returncode == 1
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, result.stderr
+    assert "needs a CUDA GPU" in errors[0] and "--model DIR" in errors[0]
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "c.mp4").exists()
