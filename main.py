@@ -208,10 +208,14 @@ def _bot(_: argparse.Namespace) -> int:
 
 
 def _worker(args: argparse.Namespace) -> int:
-    from generator.worker import run_redis_worker
+    from generator.redis_worker import run_redis_worker
 
+    if args.slots < 1:
+        raise CliError(f"--slots {args.slots}: must be at least 1")
+    if not args.redis.startswith(("redis://", "rediss://", "unix://")):
+        raise CliError(f"--redis {args.redis}: expected redis://[:password@]host:port/db")
     model = _model_argument(args)
-    return run_redis_worker(args.redis, model=model, slots=args.slots)
+    return run_redis_worker(args.redis, model=model, slots=args.slots, device=args.device)
 
 
 # -- parser ------------------------------------------------------------------------------------
@@ -243,7 +247,8 @@ def build_parser() -> argparse.ArgumentParser:
     worker = sub.add_parser("worker", help="serve jobs from Redis on this GPU machine")
     worker.add_argument("--redis", required=True, help="redis://[:password@]host:port/db")
     _add_model_arguments(worker)
-    worker.add_argument("--slots", type=int, default=1)
+    worker.add_argument("--slots", type=int, default=1, help="model copies on this GPU")
+    worker.add_argument("--device", help="torch device, e.g. cuda:1 (default: cuda if present)")
     worker.set_defaults(func=_worker)
 
     models = sub.add_parser("models", help="list or pre-download model presets")

@@ -250,6 +250,8 @@ def _setup_logging(level: str) -> None:
     # discord.py's INFO lines (gateway chatter) only when debugging; and a bot without voice
     # does not need to hear that PyNaCl is missing on every start.
     logging.getLogger("discord").setLevel(logging.DEBUG if level == "DEBUG" else logging.WARNING)
+    # SAQ logs every enqueue at INFO (scale-out): too chatty for a bot's log.
+    logging.getLogger("saq").setLevel(logging.DEBUG if level == "DEBUG" else logging.WARNING)
     logging.getLogger("discord.client").addFilter(
         lambda record: "voice will NOT be supported" not in record.getMessage()
     )

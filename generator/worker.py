@@ -342,14 +342,6 @@ class StdioServer:
             self.send_event(job_id, Failed("crash", "The generator shut down before this job."))
 
 
-def run_redis_worker(url: str, *, model: str, slots: int = 1, **options: Any) -> int:
-    """`python main.py worker --redis URL`: serve jobs from Redis on WorkerCores. The Redis
-    side lives in generator/redis_worker.py; imported here lazily (it needs saq and redis)."""
-    from generator.redis_worker import run_redis_worker as run
-
-    return run(url, model=model, slots=slots, **options)
-
-
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m generator.worker", description=__doc__)
     parser.add_argument("--model", required=True, help="preset name, 'auto', or a folder")
