@@ -413,8 +413,7 @@ async def test_info_share_delete(h: Harness, backend: LocalBackend) -> None:
 
 
 async def test_share_posts_once(h: Harness, backend: LocalBackend) -> None:
-    """A clip is shared once: a double click posts once, and a Share after Discord's 5-minute
-    nonce window answers privately with the link to the existing showcase post."""
+    """A clip is shared once: a double click posts once, and a Share after Discord's 5-minute nonce window answers privately with the link to the existing showcase post."""
     showcase = h.guild.channel("showcase")
     await h.start_bot(backend)
     owner = h.server.users[h.guild.owner_id]
@@ -445,8 +444,7 @@ async def test_share_posts_once(h: Harness, backend: LocalBackend) -> None:
 
 
 async def test_delete_is_recorded_and_job_reposts(h: Harness, backend: LocalBackend) -> None:
-    """Deleting a result is recorded: the progress message and /history stop linking to it;
-    /job re-posts it with live buttons and /history then links to the re-post."""
+    """Deleting a result is recorded: the progress message and /history stop linking to it; /job re-posts it with live buttons and /history then links to the re-post."""
     await h.start_bot(backend)
     ix = await h.animate(h.alice)
     job, result = await h.delivered((await h.job_of(ix)).id)
@@ -482,8 +480,7 @@ async def test_delete_is_recorded_and_job_reposts(h: Harness, backend: LocalBack
 async def test_limits_are_checked_before_the_download(
     h: Harness, slow_backend: LocalBackend
 ) -> None:
-    """At their pending limit a member's /animate and Extend are refused privately before any
-    defer, and the refused image is never downloaded."""
+    """At their pending limit a member's /animate and Extend are refused privately before any defer, and the refused image is never downloaded."""
     await h.start_bot(slow_backend)
     parent, result = await h.delivered((await h.job_of(await h.animate(h.alice))).id, timeout=40)
     pending = [await h.job_of(await h.animate(h.alice, p)) for p in ("second", "third")]
@@ -516,8 +513,7 @@ async def _private(h: Harness, ix: Interaction, timeout: float = 10) -> list[str
 
 
 async def test_others_clicks_and_duplicates(h: Harness, backend: LocalBackend) -> None:
-    """Bob's Reroll on Alice's clip is Bob's job crediting Alice; a second click while it
-    waits is refused; with the server setting off, Bob's click is refused."""
+    """Bob's Reroll on Alice's clip is Bob's job crediting Alice; a second click while it waits is refused; with the server setting off, Bob's click is refused."""
     await h.start_bot(backend)
     parent, result = await h.delivered((await h.job_of(await h.animate(h.alice))).id)
     first, second = await asyncio.gather(
@@ -559,8 +555,7 @@ async def _until_running(h: Harness, job_id: str, timeout: float = 30) -> Job:
 
 
 async def test_cancel_from_progress_message(h: Harness, slow_backend: LocalBackend) -> None:
-    """Cancel on a progress message: refused for others, works for the owner (queued) and for a
-    moderator (running, stops within a step); the worker then runs the next clip."""
+    """Cancel on a progress message: refused for others, works for the owner (queued) and for a moderator (running, stops within a step); the worker then runs the next clip."""
     mod = h.server.add_user("mod")
     h.server.add_member(h.guild, mod, permissions=Perm.MANAGE_MESSAGES)
     await h.start_bot(slow_backend)
@@ -593,8 +588,7 @@ async def test_cancel_from_progress_message(h: Harness, slow_backend: LocalBacke
 
 
 async def test_restart_mid_generation(h: Harness, slow_backend: LocalBackend) -> None:
-    """A restart mid-generation: the job runs again and is delivered once; buttons on a message
-    from before the restart still work."""
+    """A restart mid-generation: the job runs again and is delivered once; buttons on a message from before the restart still work."""
     bot = await h.start_bot(slow_backend)
     old, old_result = await h.delivered((await h.job_of(await h.animate(h.alice))).id)
     ix = await h.animate(h.alice, "interrupted clip")
@@ -620,8 +614,7 @@ async def test_restart_mid_generation(h: Harness, slow_backend: LocalBackend) ->
 async def test_token_expiry_falls_back_to_channel_messages(
     h: Harness, slow_backend: LocalBackend
 ) -> None:
-    """After 16 minutes the interaction token is dead: progress edits go through the channel
-    endpoint and the result is still delivered."""
+    """After 16 minutes the interaction token is dead: progress edits go through the channel endpoint and the result is still delivered."""
     await h.start_bot(slow_backend)  # the bot's own clock does not know: it learns from the 401
     ix = await h.animate(h.alice)
     job = await _until_running(h, (await h.job_of(ix)).id)
@@ -637,8 +630,7 @@ async def test_token_expiry_falls_back_to_channel_messages(
 async def test_unwritable_channel_goes_to_dm_or_says_why(
     h: Harness, slow_backend: LocalBackend
 ) -> None:
-    """Bot may not post in the channel and the token is dead: the clip goes by DM; with DMs
-    closed too, the progress message says why and the job stays done."""
+    """Bot may not post in the channel and the token is dead: the clip goes by DM; with DMs closed too, the progress message says why and the job stays done."""
     await h.start_bot(slow_backend, clock=h.server.clock.time)
     h.server.set_bot_can_send(h.channel, False)
     ix = await h.animate(h.alice)
@@ -660,8 +652,7 @@ async def test_unwritable_channel_goes_to_dm_or_says_why(
 
 
 async def test_delivery_survives_429_and_5xx(h: Harness, backend: LocalBackend) -> None:
-    """A 429, a 502 whose response was lost after the post, and a 503 during delivery: the
-    result is posted exactly once."""
+    """A 429, a 502 whose response was lost after the post, and a 503 during delivery: the result is posted exactly once."""
     bot = await h.start_bot(backend)
     route = r"^/channels/\d+/messages$"
     h.server.inject("POST", route, status=429, retry_after=0.2)
@@ -680,8 +671,7 @@ async def test_delivery_survives_429_and_5xx(h: Harness, backend: LocalBackend) 
 
 
 async def test_fair_dispatch_and_warming_up(h: Harness, model_dir: Path) -> None:
-    """30 /animate from 6 servers at once, sent while the model warms up: every job shows
-    "warming up" and they run round-robin over servers (then over members)."""
+    """30 /animate from 6 servers at once, sent while the model warms up: every job shows "warming up" and they run round-robin over servers (then over members)."""
     worker = LocalBackend(str(model_dir))
     guilds = [h.server.add_guild(f"Guild {i}") for i in range(6)]
     members: dict[int, list[User]] = {}
@@ -777,8 +767,7 @@ async def test_bad_attachments_are_refused_privately(h: Harness, backend: LocalB
 
 
 async def test_upload_limit_reencode_or_explain(h: Harness, backend: LocalBackend) -> None:
-    """Over the server's upload limit the clip is re-encoded to fit; if it cannot fit, the
-    message says so, carries no file, and the job stays done with its file kept."""
+    """Over the server's upload limit the clip is re-encoded to fit; if it cannot fit, the message says so, carries no file, and the job stays done with its file kept."""
     await h.start_bot(backend)
     first, result = await h.delivered((await h.job_of(await h.animate(h.alice))).id)
     size = len(result.file())
@@ -904,8 +893,7 @@ async def test_failed_job_is_explained(h: Harness, backend: LocalBackend) -> Non
 async def test_undelivered_result_is_posted_after_restart(
     h: Harness, backend: LocalBackend
 ) -> None:
-    """With retries off and Discord failing, a finished clip stays undelivered; the next start
-    posts it (once)."""
+    """With retries off and Discord failing, a finished clip stays undelivered; the next start posts it (once)."""
     await h.start_bot(backend, retry=RetryPolicy(attempts=1))
     h.server.inject("POST", r"^/channels/\d+/messages$", status=503, count=1)
     ix = await h.animate(h.alice)

@@ -335,8 +335,7 @@ async def cdn() -> AsyncIterator[tuple[str, dict]]:
 
 
 async def test_fetch_attachment(cdn: tuple[str, dict]) -> None:
-    """Allowed host downloads; redirects, other hosts, plain http elsewhere, oversize bodies
-    (declared or streamed), errors and timeouts are refused with clear messages."""
+    """Allowed host downloads; redirects, other hosts, plain http elsewhere, oversize bodies (declared or streamed), errors and timeouts are refused with clear messages."""
     base, state = cdn
     hosts = ["127.0.0.1", "cdn.discordapp.com"]
     async with aiohttp.ClientSession() as session:

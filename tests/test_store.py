@@ -170,8 +170,7 @@ def test_queries(store: Store) -> None:
 
 
 def test_result_deletion_restore_and_share_are_guarded(store: Store) -> None:
-    """Only the recorded result message's deletion counts, a re-post restores only a deleted
-    result, and the first showcase post is never overwritten."""
+    """Only the recorded result message's deletion counts, a re-post restores only a deleted result, and the first showcase post is never overwritten."""
     job = make_job(store, status="done")
     store.update_job(job.id, delivered_at=1.0, result_message_id=50, result_channel_id=10)
     assert not store.mark_result_deleted(
