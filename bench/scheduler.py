@@ -10,6 +10,9 @@
    arrival tick, arrivals in bursts). For each guild whose first job arrives while the
    guild has nothing waiting, its wait in dispatches is compared with the number of guilds
    that had jobs waiting when it arrived: the rule is wait <= active guilds.
+3. Pools: the same jobs through PoolQueues (what the Scheduler dispatches from), in one pool
+   (every single-model bot) and spread over three presets, one of which has no free worker
+   until the other two have drained (each dispatch then looks past the blocked pool).
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bot.scheduler import FairQueue  # noqa: E402
+from bot.scheduler import FairQueue, PoolQueues  # noqa: E402
 
 
 def make_jobs(jobs: int, users: int, guilds: int, seed: int) -> list[tuple[str, int, int]]:
@@ -116,6 +119,31 @@ def dynamic(plan: list[tuple[str, int, int]], seed: int) -> dict[str, float]:
     return {"worst_first_wait": worst_wait, "worst_excess": worst_excess}
 
 
+def pooled(plan: list[tuple[str, int, int]], pools: int) -> dict[str, float]:
+    """Enqueue and dispatch everything through PoolQueues; with several pools, pool 0 is
+    blocked (no free worker) until the others are empty."""
+    q = PoolQueues()
+    t0 = time.perf_counter_ns()
+    for i, (job, guild, user) in enumerate(plan):
+        q.push(job, guild, user, pool=i % pools)
+    enqueue_ns = time.perf_counter_ns() - t0
+    others = len(plan) - len(plan[::pools]) if pools > 1 else 0
+    dispatched = 0
+
+    def can_run(pool: object) -> bool:
+        return pools == 1 or pool != 0 or dispatched >= others
+
+    t0 = time.perf_counter_ns()
+    while q.pop(can_run) is not None:
+        dispatched += 1
+    dispatch_ns = time.perf_counter_ns() - t0
+    assert dispatched == len(plan) and not q
+    return {
+        "enqueue_us": enqueue_ns / len(plan) / 1000,
+        "dispatch_us": dispatch_ns / len(plan) / 1000,
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--jobs", type=int, default=100_000)
@@ -143,6 +171,13 @@ def main() -> None:
         f"  dynamic: largest wait of a guild's first job: {d['worst_first_wait']:,} dispatches; "
         f"worst (wait - guilds active at arrival): {d['worst_excess']:+d} (rule: <= 0)"
     )
+    for pools in (1, 3):
+        r = pooled(plan, pools)
+        blocked = ", one blocked" if pools > 1 else ""
+        print(
+            f"  PoolQueues, {pools} pool{'s' if pools > 1 else ''}{blocked}: "
+            f"enqueue {r['enqueue_us']:.2f} µs, dispatch {r['dispatch_us']:.2f} µs per job"
+        )
     if s["worst_first_wait"] >= s["guilds_active"] or d["worst_excess"] > 0:
         raise SystemExit("fairness rule broken")
 

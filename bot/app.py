@@ -138,6 +138,10 @@ class ZoetropeBot(discord.Client):
             position_interval=self._position_interval,
             output_retention_days=limits.retention_days or None,
         )
+        # A backend that reports capacity changes (the Redis backend: a worker appeared or
+        # left, a job ended) wakes the dispatcher at once instead of at its next poll.
+        if getattr(self._backend, "on_change", False) is None:
+            self._backend.on_change = self.jobs.kick
         self.delivery = Delivery(
             self,
             self.jobs,

@@ -47,6 +47,9 @@ Public API (the Discord layer codes against this)::
     service.restore_result(job_id, message_id=..., channel_id=...) -> Job   (/job re-post)
     service.mark_shared(job_id, message_id=..., channel_id=...) -> Job      (first share wins)
     service.prune_outputs() -> int
+    service.known_presets() -> list[str]            (PRESETS + the backend's served() names)
+    service.kick()                                  (look for free slots now: wire a backend's
+                                                    change callback here, e.g. a new worker)
 
 Every refusal is a `bot.errors.ZoetropeError` subclass whose `.message` is fit for Discord.
 
@@ -57,10 +60,21 @@ attribute). With the total, a run keeps its slot until its result is handled, so
 retry (put back at the head of the queue) always gets the freed slot first. The service
 does not start or close the backend: the owner does, closing the service first.
 
+Mixed-preset fleets (the Redis backend): when the backend's `capacity(preset)` takes a
+preset, each job waits in the pool of its preset (bot/scheduler.py) and is dispatched as
+soon as a slot *of that preset* is free, in fair order within the preset. A job's preset is
+the request's preset, None meaning the bot's default model; the backend's `route(preset)`,
+when it has one, names the pool (so None and the default model's own name share one pool,
+as they share the workers). `served()` names (a fleet's `local:<folder>` models) are
+accepted as presets besides PRESETS. A backend whose `capacity()` takes no preset
+(LocalBackend) has one pool: every job competes for the same slot.
+
 Kinds and rules: `loop` runs on the CPU outside the GPU queue and is not counted against
 the daily quota; `extend` asks for at most what the preset's total-length cap leaves; a
 crash or OOM is retried once (OOM with `degraded=True`), then the job fails and its daily
-count is refunded (so is a cancelled job's).
+count is refunded (so is a cancelled job's). A `requeue` (the worker gave the job back
+unfinished: a graceful stop) puts the job back at the head of its queue without counting
+an attempt, at most MAX_REQUEUES times per job (beyond that it counts as a crash).
 """
 
 from __future__ import annotations
@@ -68,6 +82,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import heapq
+import inspect
 import logging
 import os
 import random
@@ -115,6 +130,10 @@ VARY_STRENGTHS: dict[str, float] = {"subtle": 0.25, "strong": 0.6}
 RANDOM_SEED_LIMIT = 2**32
 # A job interrupted by this many restarts in a row is failed rather than requeued again.
 MAX_INTERRUPTIONS = 4
+# A job given back unfinished ("requeue": a worker stopping) this many times costs no
+# attempt; beyond that it counts as a crash, so a worker that gives every job back cannot
+# keep one in the queue for ever.
+MAX_REQUEUES = 10
 
 _SAME = object()  # "same as the parent" default for a child job's guild and channel
 
@@ -307,8 +326,10 @@ class JobService:
         self.byte_budget = byte_budget
         self.output_retention_days = output_retention_days
         self.default_gen_seconds = default_gen_seconds
+        # A backend whose capacity() takes a preset serves several (mixed worker fleets).
+        self._preset_aware = _takes_argument(getattr(backend, "capacity", None))
         self._scheduler = Scheduler(
-            capacity=lambda: self.backend.capacity(),
+            capacity=self._backend_capacity,
             total=self._backend_total,
             run=self._run,
             poll_interval=poll_interval,
@@ -356,6 +377,11 @@ class JobService:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         await self._scheduler.close()
+
+    def kick(self) -> None:
+        """Look for free slots now (wire a backend's change callback here: a worker that
+        appears is used at once, not at the next poll)."""
+        self._scheduler.kick()
 
     def resume(self) -> ResumeReport:
         """Rebuild the queue from the database (start() calls this).
@@ -735,10 +761,11 @@ class JobService:
         """Validate and save server settings (`/settings`); unknown presets are refused."""
         presets = changes.get("allowed_presets")
         if presets is not None and not isinstance(presets, str):
-            unknown = [p for p in presets if p not in PRESETS]
+            known = self.known_presets()
+            unknown = [p for p in presets if p not in known]
             if unknown:
                 raise BadOption(
-                    f"Unknown preset {unknown[0]!r}; the presets are: {', '.join(PRESETS)}."
+                    f"Unknown preset {unknown[0]!r}; the presets are: {', '.join(known)}."
                 )
         return self.store.update_guild_settings(guild_id, now=self.clock(), **changes)
 
@@ -932,11 +959,29 @@ class JobService:
     def _settings(self, guild_id: int | None) -> GuildSettings | None:
         return self.store.get_guild_settings(guild_id) if guild_id is not None else None
 
+    def known_presets(self) -> list[str]:
+        """Preset names a job may ask for: PRESETS, and what the backend's workers serve
+        now (`served()`: a fleet's `local:<folder>` models)."""
+        names = list(PRESETS)
+        served = getattr(self.backend, "served", None)
+        if callable(served):
+            try:
+                names += [name for name in sorted(served()) if name not in PRESETS]
+            except Exception:  # the backend cannot say now: the built-in presets only
+                log.exception("backend served() failed")
+        return names
+
+    def _check_preset(self, preset: str | None) -> None:
+        if preset is None or preset in PRESETS:
+            return
+        names = self.known_presets()
+        if preset not in names:
+            raise BadOption(f"Unknown preset {preset!r}; the presets are: {', '.join(names)}.")
+
     def _check_place(
         self, settings: GuildSettings | None, channel_id: int, preset: str | None
     ) -> None:
-        if preset is not None and preset not in PRESETS:
-            raise BadOption(f"Unknown preset {preset!r}; the presets are: {', '.join(PRESETS)}.")
+        self._check_preset(preset)
         if settings is None:
             return
         if not settings.channel_allowed(channel_id):
@@ -1108,16 +1153,45 @@ class JobService:
             )
             return
         self._scheduler.enqueue(
-            job.id, queue_key(job.guild_id, job.user_id), job.user_id, front=front
+            job.id,
+            queue_key(job.guild_id, job.user_id),
+            job.user_id,
+            pool=self._pool(job.preset),
+            front=front,
         )
         self._preset_keys[job.id] = _gen_key(job)
         self._queue_changed()
 
-    def _backend_total(self) -> int | None:
-        """The backend's slots in all, busy or not, if it can say: `total_slots()` (the
+    def _pool(self, preset: str | None) -> Any:
+        """The scheduler pool of a job of `preset` (None: the bot's default model).
+
+        One pool for everything when the backend's capacity() takes no preset. Otherwise
+        the backend's `route(preset)` when it has one (the Redis backend: the served name
+        the job's SAQ queue is named after, None for "any worker"), else the preset itself.
+        """
+        if not self._preset_aware:
+            return None
+        route = getattr(self.backend, "route", None)
+        if callable(route):
+            try:
+                return route(preset)
+            except Exception:  # a name it cannot route: dispatched, then refused by submit
+                log.exception("backend route(%r) failed", preset)
+                return None
+        return preset
+
+    def _backend_capacity(self, pool: Any) -> int:
+        if self._preset_aware:
+            return int(self.backend.capacity(pool))
+        return int(self.backend.capacity())
+
+    def _backend_total(self, pool: Any = None) -> int | None:
+        """The backend's slots in all, busy or not, if it can say: `total_slots(pool)` (the
         Redis backend) or a `slots` attribute (LocalBackend: one per worker process)."""
         total_slots = getattr(self.backend, "total_slots", None)
         if callable(total_slots):
+            if self._preset_aware and _takes_argument(total_slots):
+                return int(total_slots(pool))
             return int(total_slots())
         slots = getattr(self.backend, "slots", None)
         return slots if isinstance(slots, int) else None
@@ -1162,24 +1236,31 @@ class JobService:
         return max(typical - elapsed, 0.0)
 
     def _etas(self, until: str | None = None) -> dict[str, float]:
-        """Seconds until each waiting job is done: the queue's dispatch order played over
-        the slots, each job taking its preset's typical time."""
-        remaining = []
-        for running_id in self._scheduler.running:
-            job = self.store.get_job(running_id)
-            if job is not None:
-                remaining.append(self._remaining(job) or 0.0)
-        slots = max(1, len(self._scheduler.running) + max(self._scheduler.free_slots(), 0))
-        free_at = sorted(remaining)[:slots] + [0.0] * max(0, slots - len(remaining))
-        heapq.heapify(free_at)
+        """Seconds until each waiting job is done: each pool's dispatch order played over
+        that pool's slots, each job taking its preset's typical time."""
+        queue = self._scheduler.queue
+        if until is not None:
+            pools = [queue.pool_of(until)] if until in queue else []
+        else:
+            pools = queue.pools()
         out: dict[str, float] = {}
-        for job_id in self._scheduler.queue.order():
-            typical = self._typical_seconds(self._preset_keys.get(job_id, "default"))
-            start = heapq.heappop(free_at)
-            out[job_id] = start + typical
-            heapq.heappush(free_at, start + typical)
-            if job_id == until:
-                break
+        for pool in pools:
+            running = self._scheduler.running_in(pool)
+            remaining = []
+            for running_id in running:
+                job = self.store.get_job(running_id)
+                if job is not None:
+                    remaining.append(self._remaining(job) or 0.0)
+            slots = max(1, len(running) + max(self._scheduler.free_slots(pool), 0))
+            free_at = sorted(remaining)[:slots] + [0.0] * max(0, slots - len(remaining))
+            heapq.heapify(free_at)
+            for job_id in queue.order(pool):
+                typical = self._typical_seconds(self._preset_keys.get(job_id, "default"))
+                start = heapq.heappop(free_at)
+                out[job_id] = start + typical
+                heapq.heappush(free_at, start + typical)
+                if job_id == until:
+                    break
         return out
 
     # -- running ------------------------------------------------------------------------
@@ -1343,6 +1424,12 @@ class JobService:
         current = self.store.get_job(job.id)
         if current is None or current.status != "running":
             return  # cancelled by a member meanwhile: already reported
+        if failed.kind == "requeue":
+            requeues = int(current.meta.get("requeues") or 0) + 1
+            if requeues <= MAX_REQUEUES:
+                self._requeue(current, failed, requeues)
+                return
+            failed = gp.Failed("crash", f"given back {requeues} times: {failed.message}")
         attempts = current.attempts + 1
         if failed.kind == "cancelled":
             self._to_cancelled(current, "running")
@@ -1379,6 +1466,32 @@ class JobService:
             self._fail(current, "running", reason, kind=failed.kind, attempts=attempts)
         except InvalidState:
             return
+
+    def _requeue(self, job: Job, failed: gp.Failed, requeues: int) -> None:
+        """The worker gave the job back unfinished (it was stopping): back to `queued` at
+        the head of its queue, attempts unchanged. While the service closes, only the row
+        changes; the next start() queues it."""
+        try:
+            job = self.store.transition(
+                job.id,
+                "running",
+                "queued",
+                started_at=None,
+                progress_step=None,
+                progress_total=None,
+                stage=None,
+                meta={**job.meta, "requeues": requeues},
+            )
+        except InvalidState:
+            return
+        log.info("job %s: given back (%s); queued again at the head", job.id, failed.message)
+        if self._closing:
+            return
+        self._enqueue(job, front=True)
+        position = self.position(job.id)
+        if position is not None:
+            self._last_positions[job.id] = position
+        self._publish(Queued(job, position, self.eta(job.id), retry=True))
 
     def _fail(self, job: Job, status: str, reason: str, *, kind: str, attempts: int) -> Job:
         with self.store.db.atomic():
@@ -1464,6 +1577,21 @@ class JobService:
 
 def _gen_key(job: Job) -> str:
     return job.preset or "default"
+
+
+def _takes_argument(fn: Any) -> bool:
+    """Whether `fn` can be called with one positional argument (a backend's capacity(preset)
+    or total_slots(preset)); False for capacity() without one (LocalBackend)."""
+    if not callable(fn):
+        return False
+    try:
+        parameters = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    positional = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    return any(
+        p.kind in positional or p.kind is inspect.Parameter.VAR_POSITIONAL for p in parameters
+    )
 
 
 def _int_or_none(value: Any) -> int | None:

@@ -68,6 +68,11 @@ class Backend(Protocol):
 
     `submit(request)` is an async generator: iterate it with `async for`. It yields Progress
     events, then exactly one Done or Failed, then stops. Leaving the loop early cancels the job.
+
+    A backend serving several presets (RedisBackend) also takes a preset in
+    `capacity(preset=None)` and offers `route(preset)` (where a job of that preset runs) and
+    `served()` (names -> slots); the bot then dispatches per preset. `Failed("requeue")` hands
+    a job back unfinished (the generator is stopping): the bot queues it again, no attempt lost.
     """
 
     @property
@@ -214,8 +219,9 @@ class LocalBackend:
 
     async def close(self) -> None:
         """Shut the worker down: the shutdown op, then SIGTERM, then SIGKILL after
-        `stop_timeout` each. Jobs still held end with Failed("crash") so the job layer
-        requeues them. Idempotent."""
+        `stop_timeout` each. Jobs still held end with Failed("requeue"): they did not fail,
+        the generator stopped, so the job layer queues them again without counting an
+        attempt. Idempotent."""
         if self._state is BackendState.CLOSED and self._proc is None:
             return
         self._closing = True
@@ -241,7 +247,7 @@ class LocalBackend:
                     log.warning("worker %s did not stop in %.0f s", proc.pid, self.stop_timeout)
             await watcher
         for job in self._held_jobs():
-            job.put(Failed("crash", "The generator shut down before this job finished."))
+            job.put(Failed("requeue", "The generator shut down before this job finished."))
         self._waiting.clear()
         self._running = None
 
@@ -420,6 +426,10 @@ class LocalBackend:
         except (TypeError, ValueError) as exc:
             log.warning("worker sent a bad event for %r (%s): %r", job_id, exc, data)
             return
+        if self._closing and isinstance(event, Failed) and event.kind == "crash":
+            # The worker reports the job it stopped for our shutdown as a crash: it is not
+            # the job's fault, so it goes back to the queue without costing an attempt.
+            event = Failed("requeue", event.message)
         job.put(event)
         if not isinstance(event, Progress):
             self._running = None

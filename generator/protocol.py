@@ -14,8 +14,12 @@ from typing import Any, Literal
 
 # Where a job is in its run; the Discord layer shows these to the member.
 Stage = Literal["load", "denoise", "decode", "encode"]
-# Why a job failed. "crash" and "oom" are retried once by the job layer; the rest are final.
-FailureKind = Literal["crash", "oom", "cancelled", "bad_request", "error"]
+# Why a job failed. "crash" and "oom" are retried once by the job layer (an attempt is
+# counted); "requeue" is not a failure of the job: the worker gave it back unfinished because
+# it was stopping gracefully (a remote worker's SIGTERM, the bot shutting its local worker
+# down), so the job layer puts it back at the head of its queue without counting an attempt.
+# The rest are final.
+FailureKind = Literal["crash", "oom", "cancelled", "bad_request", "error", "requeue"]
 
 
 @dataclass(slots=True)

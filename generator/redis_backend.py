@@ -37,6 +37,9 @@ Failure handling:
   been silent for `heartbeat_timeout`; the backend then ends it with `Failed("crash")` and the
   job layer retries it. Worst case: heartbeat_timeout + sweep_every + poll_every (18 s with
   the defaults; the issue asks for 30 s).
+- A worker stopped gracefully (SIGTERM/SIGINT) stops its running jobs at their next step and
+  gives them back as `Failed("requeue")`: the job layer queues them again at the head of their
+  queue without counting an attempt, and they run on another worker.
 - Redis unreachable: capacity is 0 and the state says so; jobs stay queued in the bot's SQLite;
   jobs already handed out wait (nothing is reported while Redis cannot be asked). After Redis
   comes back each such job is either completed or, if its worker stopped or Redis lost it (no
@@ -226,6 +229,8 @@ def served_name(model: str | None) -> str | None:
     """
     if model is None or model in ("", "auto"):
         return None
+    if model.startswith("local:"):  # already a served name (a job asking for a fleet's model)
+        return check_served(model)
     if "/" in model or os.sep in model or Path(model).expanduser().is_dir():
         return check_served(f"local:{Path(model).expanduser().name}")
     return check_served(model)
@@ -553,6 +558,12 @@ class RedisBackend:
 
     - `capacity(preset=None)`: free slots of live, loaded workers (serving `preset`, or the
       default model, or any), minus the jobs this backend holds. 0 while Redis is unreachable.
+    - `route(preset)`: the served name a job of `preset` goes to (None: any worker, when the
+      bot's model is "auto" and the job names no preset). The bot's scheduler keeps one fair
+      queue per route, so a job is handed over only when a worker serving it has a free slot.
+    - `on_change`: called (no arguments, on the event loop) when capacity may have grown: a
+      job ended, workers came or went. Settable after construction; the bot wires it to its
+      scheduler's kick so a new worker is used at once rather than at the next poll.
     - `submit(request)`: an async generator of Progress..., then one Done or Failed. Leaving the
       loop early cancels the job. If no slot is free when it is called (the scheduler raced a
       worker leaving), it waits for one, yielding `Progress(0, 0, "load")`.
@@ -582,7 +593,7 @@ class RedisBackend:
             raise ValueError("max_input_bytes and max_output_bytes must be positive")
         self.max_input_bytes = max_input_bytes
         self.max_output_bytes = max_output_bytes
-        self._on_change = on_change
+        self.on_change = on_change
         self._redis_options = dict(redis_options or {})
 
         self._redis: aioredis.Redis | None = None
@@ -666,6 +677,12 @@ class RedisBackend:
         slots = self.served()
         return slots.get(name, 0) if name else sum(slots.values())
 
+    def route(self, preset: str | None) -> str | None:
+        """The served name (SAQ queue) a job of `preset` goes to; None: any worker. The same
+        mapping submit() and capacity() use, so two names for one model (None and the
+        default model's name) give one route."""
+        return self._target(preset)
+
     def capacity(self, preset: str | None = None) -> int:
         """Free slots now for a job of `preset` (None: the default model, or any worker)."""
         if not self._up or self._closing:
@@ -706,7 +723,8 @@ class RedisBackend:
 
     async def close(self) -> None:
         """Stop watching Redis. Jobs still held are cancelled on their workers (best effort)
-        and end with Failed("crash") so the job layer requeues them. Idempotent."""
+        and end with Failed("requeue"): the bot is stopping, not the job failing, so the job
+        layer queues them again without counting an attempt. Idempotent."""
         if self._state is BackendState.CLOSED:
             return
         self._closing = True
@@ -722,7 +740,7 @@ class RedisBackend:
                     await self._send_cancels([a for a in held if a.phase == "enqueued"])
         for attempt in held:
             self._finish(
-                attempt, Failed("crash", "The generator shut down before this job finished.")
+                attempt, Failed("requeue", "The generator shut down before this job finished.")
             )
         for queue in self._queues.values():
             await queue.close()
@@ -1197,9 +1215,9 @@ class RedisBackend:
         self._state_changed.set()
 
     def _changed(self) -> None:
-        if self._on_change is not None:
+        if self.on_change is not None:
             try:
-                self._on_change()
+                self.on_change()
             except Exception:
                 log.exception("on_change callback failed")
 

@@ -12,9 +12,11 @@ sending SAQ heartbeats (`job.update()`), reads cancels (pub/sub, and the cancel 
 heartbeat as a fallback) and streams progress. The input image arrives as bytes in Redis and
 the MP4 goes back as bytes; both size-capped, neither ever pickled.
 
-SIGTERM / SIGINT: stop taking jobs, stop the running ones at their next step and report them
-as `Failed("crash")` so the bot requeues them elsewhere, then leave Redis. kill -9 (or a lost
-machine) is noticed by the missing heartbeats instead.
+SIGTERM / SIGINT: stop taking jobs, stop the running ones at their next step and give them
+back as `Failed("requeue")` (the job did not fail: the bot queues it again at the head of its
+queue without counting an attempt, and another worker runs it), then leave Redis. A job taken
+while stopping is given back the same way. kill -9 (or a lost machine) is noticed by the
+missing heartbeats instead, and costs the job an attempt (`Failed("crash")`).
 """
 
 from __future__ import annotations
@@ -205,8 +207,11 @@ class RedisWorker:
         self._pool = concurrent.futures.ThreadPoolExecutor(slots, thread_name_prefix="generate")
         self._stopping = False
         self._closed = False  # the background loops' stop flag
+        # Set while no job is being run *or reported*: a stopping worker waits for it, so the
+        # final event of a job it gives back is in Redis before SAQ's stop cancels the tasks.
         self._idle = asyncio.Event()
         self._idle.set()
+        self._active = 0
         self._warned_down = False
 
     # -- main ---------------------------------------------------------------------------------
@@ -428,12 +433,20 @@ class RedisWorker:
     async def _generate(self, ctx: dict[str, Any], *, request: Any = None) -> dict[str, Any]:
         """The SAQ job function. Never raises for a job's own failure: the outcome travels as
         an event; SAQ marks the job complete either way."""
-        job: Job = ctx["job"]
+        self._active += 1
+        self._idle.clear()
+        try:
+            return await self._generate_and_report(ctx["job"], request)
+        finally:
+            self._active -= 1
+            if not self._active:
+                self._idle.set()
+
+    async def _generate_and_report(self, job: Job, request: Any) -> dict[str, Any]:
         key = job.key
         events = _Events(self, key)
         run = _Run(key)
         self._runs[key] = run  # before the cancel-key check: a cancel cannot slip between
-        self._idle.clear()
         outcome: Done | Failed
         output: bytes | None = None
         try:
@@ -456,10 +469,8 @@ class RedisWorker:
             outcome = Failed("crash", f"The worker failed: {type(exc).__name__}: {exc}")
         finally:
             self._runs.pop(key, None)
-            if not self._runs:
-                self._idle.set()
         if isinstance(outcome, Failed) and outcome.kind == "cancelled" and run.reason == "shutdown":
-            outcome = Failed("crash", "The worker was stopped before this job finished.")
+            outcome = Failed("requeue", "The worker was stopped before this job finished.")
         if run.reason == "lost":
             log.info("attempt %s: dropped (swept or lost in Redis)", key)
             await events.final(Failed("crash", "The worker lost this job."))

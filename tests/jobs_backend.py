@@ -8,7 +8,7 @@ mid-run, and MP4 outputs written with the real encoder when a test needs real cl
 from __future__ import annotations
 
 import asyncio
-from collections import deque
+from collections import Counter, deque
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -19,8 +19,9 @@ from generator import encode
 from generator.presets import PRESETS
 from generator.protocol import Done, Event, Failed, GenerationRequest, Progress
 
-# Outcomes a submit can be scripted to have.
-OUTCOMES = ("ok", "crash", "oom", "error", "bad_request", "raise", "silent")
+# Outcomes a submit can be scripted to have ("requeue": the worker gives the job back after
+# its first step, as a stopping worker does).
+OUTCOMES = ("ok", "crash", "oom", "error", "bad_request", "raise", "silent", "requeue")
 
 
 class FakeBackend:
@@ -180,3 +181,58 @@ class FakeBackend:
             "gen_seconds": 0.01,
             "seed": request.seed,
         }
+
+
+class FleetFakeBackend(FakeBackend):
+    """A fleet of workers serving several presets, as the Redis backend sees it.
+
+    `served`: served name -> slots. `capacity(preset)`, `total_slots(preset)` and
+    `route(preset)` follow the Redis backend's rules (None: the `default` model's name, or
+    any worker when `default` is None); `served()` lists the names. A job submitted while no
+    slot of its route is free is recorded in `misrouted` (the real backend would make it
+    wait inside itself, out of the bot's fair order), and still runs.
+    """
+
+    def __init__(self, served: dict[str, int], *, default: str | None = None, **kw: Any) -> None:
+        super().__init__(slots=sum(served.values()), **kw)
+        self.served_slots = dict(served)
+        self.default = default
+        self.placed: dict[str, str] = {}  # running job id -> the served name it runs on
+        self.misrouted: list[str] = []
+
+    def route(self, preset: str | None) -> str | None:
+        return preset or self.default
+
+    def served(self) -> dict[str, int]:
+        return dict(self.served_slots)
+
+    def _free(self) -> dict[str, int]:
+        busy = Counter(self.placed.values())
+        return {name: n - busy[name] for name, n in self.served_slots.items()}
+
+    def total_slots(self, preset: str | None = None) -> int:
+        name = self.route(preset)
+        return self.served_slots.get(name, 0) if name else sum(self.served_slots.values())
+
+    def capacity(self, preset: str | None = None) -> int:  # type: ignore[override]
+        if self.closed:
+            return 0
+        name = self.route(preset)
+        free = self._free()
+        if name is None:
+            return sum(max(0, n) for n in free.values())
+        return max(0, free.get(name, 0))
+
+    async def submit(self, request: GenerationRequest) -> AsyncIterator[Event]:
+        name = self.route(request.preset)
+        free = self._free()
+        if name is None:  # any worker: the served name with the most free slots
+            name = max(free, key=lambda served: free[served])
+        if free.get(name, 0) <= 0:
+            self.misrouted.append(request.job_id)
+        self.placed[request.job_id] = name
+        try:
+            async for event in super().submit(request):
+                yield event
+        finally:
+            self.placed.pop(request.job_id, None)

@@ -29,6 +29,7 @@ from bot.errors import (
 )
 from bot.jobs import (
     CAMERAS,
+    MAX_REQUEUES,
     Cancelled,
     Done,
     Failed,
@@ -43,7 +44,8 @@ from bot.jobs import (
 from bot.scheduler import FairQueue, queue_key
 from bot.store import Job, Store
 from generator import encode
-from tests.jobs_backend import FakeBackend
+from generator import protocol as gp
+from tests.jobs_backend import FakeBackend, FleetFakeBackend
 
 PROJECT = Path(__file__).resolve().parent.parent
 NOON = 1_795_694_400.0  # 2026-11-26 12:00 UTC
@@ -185,6 +187,39 @@ async def test_fair_dispatch_through_the_service(make_env) -> None:
     backend.release()
     await env.until(lambda: len(backend.requests) == 8)
     assert backend.started_ids == [jobs[0].id, *expected]
+
+
+async def test_mixed_presets_each_job_waits_only_for_its_own_workers(make_env) -> None:
+    """With workers of two presets, a job starts as soon as a worker of its preset is free,
+    even behind a fairer job whose preset is busy; None and the default's name share one
+    queue; the fleet's served names are accepted as presets, unknown names refused."""
+    backend = FleetFakeBackend({"ltx-fast": 1, "local:tiny": 1}, default="ltx-fast")
+    backend.hold()
+    env = await make_env(backend, Limits(pending_per_user=10, pending_per_guild=10))
+    a1 = await env.submit(guild_id=1, user_id=1)  # the default model: ltx-fast
+    a2 = await env.submit(guild_id=1, user_id=1, preset="ltx-fast")  # the same workers
+    b1 = await env.submit(guild_id=2, user_id=2)
+    c1 = await env.submit(guild_id=3, user_id=3, preset="local:tiny")
+    c2 = await env.submit(guild_id=3, user_id=3, preset="local:tiny")
+    await env.until(lambda: len(backend.requests) == 2)
+    await asyncio.sleep(0.05)
+    assert backend.started_ids == [a1.id, c1.id]  # c1 did not wait behind a2 and b1
+    assert [env.service.position(j.id) for j in (b1, a2, c2)] == [1, 2, 1]  # per preset
+    assert env.service.eta(c2.id) == pytest.approx(2 * 60.0)  # its own worker, not ltx-fast's
+    backend.release()
+    await env.until(lambda: len(backend.requests) == 5)
+    assert backend.started_ids.index(b1.id) < backend.started_ids.index(a2.id)
+    assert backend.misrouted == []
+    for job in (a1, a2, b1, c1, c2):
+        assert (await env.wait(job.id)).status == "done"
+
+    env.service.precheck(guild_id=1, channel_id=10, user_id=5, preset="local:tiny")
+    with pytest.raises(BadOption, match="local:tiny") as info:
+        await env.submit(guild_id=1, user_id=5, preset="local:nope")
+    assert "ltx-fast" in info.value.message
+    env.service.update_guild_settings(1, allowed_presets=["ltx-fast"])
+    with pytest.raises(NotAllowed, match="local:tiny"):
+        env.service.precheck(guild_id=1, channel_id=10, user_id=5, preset="local:tiny")
 
 
 # -- limits and refusals --------------------------------------------------------------
@@ -404,6 +439,30 @@ async def test_crash_is_retried_once_then_succeeds(make_env) -> None:
     assert [r.job_id for r in backend.requests] == [job.id, job.id]
     assert backend.requests[1].output_path != backend.requests[0].output_path
     assert [e.retry for e in env.of(job.id, Queued)] == [False, True]
+
+
+async def test_requeue_goes_back_to_the_head_without_an_attempt(make_env) -> None:
+    """A job given back by a stopping worker ("requeue") runs next, attempts and quota
+    unchanged; a job given back over and over counts as a crash in the end."""
+    backend = FakeBackend()
+    backend.hold()
+    env = await make_env(backend, Limits(pending_per_user=5, daily_per_user=5))
+    backend.script("requeue")
+    first = await env.submit(guild_id=1, user_id=1)
+    other = await env.submit(guild_id=2, user_id=2)
+    await env.until(lambda: backend.held)
+    backend.release()
+    done = await env.wait(first.id)
+    assert done.status == "done" and done.attempts == 0 and done.meta["requeues"] == 1
+    assert backend.started_ids[:2] == [first.id, first.id]  # before the other guild's job
+    assert (await env.wait(other.id)).status == "done"
+    assert [e.retry for e in env.of(first.id, Queued)] == [False, True]
+    assert not env.of(first.id, Failed) and env.store.daily_count(1, "2026-11-26") == 1
+
+    backend.script(*["requeue"] * (MAX_REQUEUES + 1))
+    stubborn = await env.wait((await env.submit(guild_id=3, user_id=3)).id)
+    assert stubborn.status == "done" and stubborn.attempts == 1
+    assert stubborn.error_kind == "crash" and len(env.of(stubborn.id, Started)) == MAX_REQUEUES + 2
 
 
 async def test_oom_twice_fails_with_reason_and_refund(make_env) -> None:
@@ -656,7 +715,8 @@ def test_sigkill_mid_run_loses_and_duplicates_nothing(tmp_path: Path) -> None:
 
 async def test_jobs_through_the_real_local_backend(tmp_path: Path) -> None:
     """With a tiny model in a real worker process: jobs from two guilds run fairly to real
-    MP4s, a worker killed with SIGKILL mid-job is retried to success, extend and loop work."""
+    MP4s, a worker killed with SIGKILL mid-job is retried to success, extend and loop work;
+    closing the backend gives the jobs it holds back ("requeue"), not as crashes."""
     from generator.backends import LocalBackend
 
     model = tmp_path / "model"
@@ -700,6 +760,24 @@ async def test_jobs_through_the_real_local_backend(tmp_path: Path) -> None:
         assert extended.num_frames == 9 + 9 - 1 == encode.probe(extended.output_path)["frames"]
         looped = await env.wait((await env.service.loop(a1.id, user_id=3)).id, timeout=60)
         assert looped.num_frames == 2 * 9 - 2
+
+        image = str(intake.input_path(env.service.inputs_dir, env.sha))
+        last: dict[str, object] = {}
+
+        async def consume(req: gp.GenerationRequest) -> None:
+            async for event in backend.submit(req):
+                last[req.job_id] = event
+
+        held = [
+            gp.GenerationRequest(f"close{i}", image, "waves", str(tmp_path / f"{i}.mp4"), seed=1)
+            for i in range(2)
+        ]
+        tasks = [asyncio.create_task(consume(req)) for req in held]
+        await env.until(lambda: "close0" in last, timeout=60)  # close1 waits behind it
+        await backend.close()
+        await asyncio.wait_for(asyncio.gather(*tasks), 30)
+        assert isinstance(last["close1"], gp.Failed) and last["close1"].kind == "requeue"
+        assert isinstance(last["close0"], gp.Done) or last["close0"].kind == "requeue"
     finally:
         await env.close()
         await backend.close()

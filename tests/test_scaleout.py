@@ -221,9 +221,10 @@ async def redis_backend(fleet: Fleet, **kwargs: object) -> AsyncIterator[RedisBa
 
 @contextlib.asynccontextmanager
 async def job_service(
-    tmp_path: Path, backend: RedisBackend
+    tmp_path: Path, backend: RedisBackend, *, poll_interval: float = 0.2
 ) -> AsyncIterator[tuple[JobService, list]]:
-    """The real JobService on a real SQLite file, feeding `backend`; yields it and its events."""
+    """The real JobService on a real SQLite file, feeding `backend` and woken by its changes
+    (as bot/app.py wires them); yields it and its events."""
     store = Store(tmp_path / "zoetrope.db")
     service = JobService(
         store,
@@ -231,8 +232,9 @@ async def job_service(
         data_dir=tmp_path / "data",
         limits=Limits(pending_per_user=10, pending_per_guild=25),
         position_interval=3600.0,
-        poll_interval=0.2,
+        poll_interval=poll_interval,
     )
+    backend.on_change = service.kick
     events: list = []
     service.add_listener(lambda event: events.append((time.monotonic(), event)))
     await service.start()
@@ -422,10 +424,13 @@ async def test_progress_and_cancel_of_a_running_job(
 async def test_twenty_jobs_from_four_guilds_spread_fairly(
     fleet: Fleet, image_path: Path, tmp_path: Path
 ) -> None:
-    """Through JobService: 20 jobs from 4 guilds run on both workers in round-robin order, SAQ never holds more than the free slots."""
+    """Through JobService: 20 jobs from 4 guilds run on both workers in round-robin order, SAQ never holds more than the free slots; the backend's changes, not a poll, wake the dispatcher."""
     tiny_a = fleet.ensure("local:tiny-a", 2)
     sha = stored_image(tmp_path, image_path)
-    async with redis_backend(fleet) as backend, job_service(tmp_path, backend) as (service, events):
+    async with (
+        redis_backend(fleet) as backend,
+        job_service(tmp_path, backend, poll_interval=3600) as (service, events),
+    ):
         # Arrival order is lopsided on purpose: guild 1 floods first, the others trickle in.
         arrivals = [(1, 10 + i % 2) for i in range(8)] + [(2, 20), (3, 30), (2, 21), (4, 40)]
         arrivals += [(3, 31), (4, 40), (2, 20), (3, 30), (4, 41), (2, 21), (3, 31), (4, 40)]
@@ -525,6 +530,100 @@ async def test_worker_killed_mid_job_job_completes_elsewhere(
         done = Counter(e.job.id for _, e in events if isinstance(e, JobDone))
         assert done == Counter(ids)  # nothing lost, nothing delivered twice
         assert_mp4(job.output_path)
+
+
+async def test_worker_stopped_gracefully_gives_its_job_back(
+    fleet: Fleet, image_path: Path, tmp_path: Path
+) -> None:
+    """SIGTERM to a worker mid-job: it gives the job back at once ("requeue"), which completes on the other worker with no attempt counted."""
+    fleet.ensure("local:tiny-a", 2)
+    sha = stored_image(tmp_path, image_path)
+    async with redis_backend(fleet) as backend, job_service(tmp_path, backend) as (service, events):
+        await backend.start()
+        await backend.wait_ready(20)
+        await wait_for(lambda: backend.capacity() == 2, 10, "two tiny-a slots")
+        jobs = [
+            await service.submit(
+                guild_id=1,
+                channel_id=1,
+                user_id=5,
+                prompt="waves",
+                image_sha256=sha,
+                duration="long",
+            )
+            for _ in range(3)
+        ]
+        ids = [job.id for job in jobs]
+        victim = ids[0]
+
+        def running_victim() -> bool:
+            return any(
+                isinstance(e, JobProgress)
+                and e.job.id == victim
+                and e.stage == "denoise"
+                and e.step >= 3
+                for _, e in events
+            )
+
+        await wait_for(running_victim, 30, "the first job to run", fleet)
+        worker = backend.worker_of(victim)
+        pid = fleet.pid_of(worker)
+        stopped_at = time.monotonic()
+        fleet.kill(pid, signal.SIGTERM)
+
+        await wait_for(lambda: terminal(service.store, ids), 90, "all jobs to finish", fleet)
+        assert fleet.procs[pid][1].wait(30) == 0  # the worker left cleanly
+        assert Counter(service.store.get_job(i).status for i in ids) == {"done": 3}
+        given_back = [(t, e) for t, e in events if isinstance(e, Queued) and e.retry]
+        assert {e.job.id for _, e in given_back} == {victim}
+        # Reported by the stopping worker itself, not found later by a heartbeat sweep.
+        assert given_back[0][0] - stopped_at < TIMINGS.heartbeat_timeout
+        job = service.get(victim)
+        assert job.attempts == 0 and job.meta["requeues"] >= 1
+        assert job.meta["worker"] != worker
+        after = [e.job.id for t, e in events if isinstance(e, Started) and t > given_back[0][0]]
+        assert after[0] == victim  # back at the head of its queue
+        done = Counter(e.job.id for _, e in events if isinstance(e, JobDone))
+        assert done == Counter(ids)  # nothing lost, nothing delivered twice
+        assert_mp4(job.output_path)
+
+
+async def test_mixed_presets_a_job_never_waits_behind_another_presets_queue(
+    fleet: Fleet, image_path: Path, tmp_path: Path
+) -> None:
+    """Through JobService with both presets served: while tiny-a's workers are busy and its jobs queue, a tiny-b job (a served name, accepted as a preset) starts at once on a tiny-b worker."""
+    fleet.ensure("local:tiny-a", 2)
+    fleet.ensure("local:tiny-b", 1)
+    sha = stored_image(tmp_path, image_path)
+    async with redis_backend(fleet) as backend, job_service(tmp_path, backend) as (service, events):
+        await backend.start()
+        await backend.wait_ready(20)
+        await wait_for(
+            lambda: backend.served() == {"local:tiny-a": 2, "local:tiny-b": 2}, 10, "both presets"
+        )
+        a_jobs = [
+            await service.submit(
+                guild_id=1, channel_id=1, user_id=5, prompt="waves", image_sha256=sha
+            )
+            for _ in range(4)
+        ]
+        b_job = await service.submit(
+            guild_id=2,
+            channel_id=2,
+            user_id=6,
+            prompt="waves",
+            image_sha256=sha,
+            preset="local:tiny-b",
+        )
+        assert service.position(b_job.id) == 1  # first of its preset, whatever tiny-a holds
+        ids = [j.id for j in a_jobs] + [b_job.id]
+        await wait_for(lambda: terminal(service.store, ids), 90, "all jobs to finish", fleet)
+        assert Counter(service.store.get_job(i).status for i in ids) == {"done": 5}
+        started = {e.job.id: t for t, e in reversed(events) if isinstance(e, Started)}
+        first_done = min(t for t, e in events if isinstance(e, JobDone))
+        assert started[b_job.id] < first_done  # it did not wait for a tiny-a slot
+        assert service.get(b_job.id).meta["served"] == "local:tiny-b"
+        assert {service.get(j.id).meta["served"] for j in a_jobs} == {"local:tiny-a"}
 
 
 async def test_frozen_worker_late_result_is_ignored(
