@@ -23,7 +23,7 @@ from bot.delivery import build_view, reply_error, start_progress
 from bot.errors import BadImage, NotAllowed, NotFound, ZoetropeError
 from bot.jobs import CAMERAS, InteractionRef
 from bot.render import QueueInfo
-from generator.presets import DURATIONS, PRESETS
+from generator.presets import DURATIONS
 
 if TYPE_CHECKING:
     from bot.app import ZoetropeBot
@@ -35,7 +35,6 @@ PROMPT_MAX = 600
 
 CAMERA_CHOICES = [app_commands.Choice(name=key.replace("_", " "), value=key) for key in CAMERAS]
 DURATION_CHOICES = [app_commands.Choice(name=d, value=d) for d in DURATIONS]
-PRESET_CHOICES = [app_commands.Choice(name=p, value=p) for p in PRESETS]
 
 
 def _bot(interaction: discord.Interaction) -> ZoetropeBot:
@@ -65,7 +64,7 @@ def build_commands() -> list[app_commands.Command[Any, ..., Any] | app_commands.
         seed="A number that reproduces a clip (see Info on a result)",
         preset="Which model preset to use",
     )
-    @app_commands.choices(camera=CAMERA_CHOICES, duration=DURATION_CHOICES, preset=PRESET_CHOICES)
+    @app_commands.choices(camera=CAMERA_CHOICES, duration=DURATION_CHOICES)
     async def animate(
         interaction: discord.Interaction,
         image: discord.Attachment,
@@ -119,6 +118,21 @@ def build_commands() -> list[app_commands.Command[Any, ..., Any] | app_commands.
             await reply_error(interaction, exc.message)
             return
         await start_progress(bot, interaction, job, response)
+
+    @animate.autocomplete("preset")
+    async def animate_preset_autocomplete(
+        interaction: discord.Interaction, current: str
+    ) -> list[app_commands.Choice[str]]:
+        # Built-in presets plus what a worker fleet serves now (`local:<folder>` models),
+        # narrowed to this server's allowed presets. A typed name is checked again on submit.
+        bot = _bot(interaction)
+        allowed = bot.jobs.guild_settings(interaction.guild_id).preset_allowed
+        typed = current.strip().lower()
+        return [
+            app_commands.Choice(name=name, value=name)
+            for name in bot.jobs.known_presets()
+            if allowed(name) and typed in name.lower()
+        ][:25]
 
     @app_commands.command(name="queue", description="Your clips in the queue, and this server's")
     async def queue(interaction: discord.Interaction) -> None:

@@ -207,7 +207,8 @@ class GuildSettings:
 
 
 _SETTING_FIELDS = tuple(f.name for f in dataclasses.fields(GuildSettings))
-_PRESET_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
+# Preset names, and the names a worker fleet serves (`local:<folder>`; see redis_backend).
+_PRESET_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:+-]{0,99}$")
 _SETTING_RANGES = {
     "max_pending_per_user": (1, 100),
     "max_pending_per_guild": (1, 10_000),

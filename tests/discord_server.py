@@ -2811,6 +2811,45 @@ class FakeDiscord:
             locale=locale,
         )
 
+    async def autocomplete(
+        self,
+        guild: Guild | int | None,
+        channel: Channel | int | None,
+        user: User | int,
+        name: str,
+        focused: str,
+        typed: str = "",
+        options: dict[str, Any] | None = None,
+    ) -> Interaction:
+        """A user types ``typed`` into option ``focused`` of top-level command ``/name``.
+
+        Sends an APPLICATION_COMMAND_AUTOCOMPLETE interaction with the options filled so far
+        (strings only, as Discord sends while typing); the bot's choices land in
+        ``Interaction.autocomplete_choices``.
+        """
+        user = self._user(user)
+        g, ch = self._resolve_guild_channel(guild, channel, user)
+        command = self.find_command(name, g)
+        if command is None:
+            raise LookupError(f"command /{name} is not registered")
+        definitions = {o["name"]: o for o in command.definition.get("options") or []}
+        if focused not in definitions or not definitions[focused].get("autocomplete"):
+            raise ValueError(f"/{name}: option {focused!r} has no autocomplete")
+        built = [
+            {"name": key, "type": definitions[key]["type"], "value": value}
+            for key, value in (options or {}).items()
+        ]
+        built.append(
+            {"name": focused, "type": definitions[focused]["type"], "value": typed, "focused": True}
+        )
+        data: dict[str, Any] = {"id": str(command.id), "name": command.name, "type": 1}
+        data["options"] = built
+        if command.guild_id is not None:
+            data["guild_id"] = str(command.guild_id)
+        return await self._create_interaction(
+            itype=InteractionType.AUTOCOMPLETE, guild=g, channel=ch, user=user, data=data
+        )
+
     @staticmethod
     def _guess_option_type(value: Any) -> int:
         if isinstance(value, bool):

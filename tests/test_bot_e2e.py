@@ -909,3 +909,18 @@ async def test_undelivered_result_is_posted_after_restart(
     assert result.attachments and done.delivery_attempts == 1
     assert len([m for m in h.server.messages(h.channel) if m.attachments]) == 1
     await h.settled(ix.original, "watch the clip")
+
+
+async def test_preset_autocomplete_offers_allowed_presets(
+    h: Harness, backend: LocalBackend
+) -> None:
+    """/animate's preset autocomplete lists the presets matching what was typed, only those the server allows."""
+    await h.start_bot(backend)
+    ix = await h.server.autocomplete(h.guild, h.channel, h.alice, "animate", "preset", "wan")
+    await ix.acknowledged()
+    assert [c["value"] for c in ix.autocomplete_choices] == ["wan-480p-fast", "wan22-5b"]
+    assert h.bot is not None
+    h.bot.jobs.update_guild_settings(h.guild.id, allowed_presets=["wan22-5b", "ltx-fast"])
+    ix = await h.server.autocomplete(h.guild, h.channel, h.alice, "animate", "preset", "")
+    await ix.acknowledged()
+    assert [c["value"] for c in ix.autocomplete_choices] == ["ltx-fast", "wan22-5b"]
