@@ -190,9 +190,7 @@ async def test_fair_dispatch_through_the_service(make_env) -> None:
 
 
 async def test_mixed_presets_each_job_waits_only_for_its_own_workers(make_env) -> None:
-    """With workers of two presets, a job starts as soon as a worker of its preset is free,
-    even behind a fairer job whose preset is busy; None and the default's name share one
-    queue; the fleet's served names are accepted as presets, unknown names refused."""
+    """With workers of two presets, a job starts as soon as a worker of its preset is free, even behind a fairer job whose preset is busy; None and the default's name share one queue; the fleet's served names are accepted as presets, unknown names refused."""
     backend = FleetFakeBackend({"ltx-fast": 1, "local:tiny": 1}, default="ltx-fast")
     backend.hold()
     env = await make_env(backend, Limits(pending_per_user=10, pending_per_guild=10))
@@ -299,8 +297,7 @@ async def test_bad_options_are_refused_and_nothing_is_written(make_env) -> None:
 
 
 async def test_precheck_refuses_what_submit_would_and_writes_nothing(make_env) -> None:
-    """precheck raises submit's own error and message for each limit that needs no image
-    (channel, preset, member and server pending, daily quota, queue size) and writes nothing."""
+    """precheck raises submit's own error and message for each limit that needs no image (channel, preset, member and server pending, daily quota, queue size) and writes nothing."""
     backend = FakeBackend()
     backend.hold()
     env = await make_env(backend, Limits(max_queue=5, daily_per_user=3))
@@ -337,8 +334,7 @@ async def test_precheck_refuses_what_submit_would_and_writes_nothing(make_env) -
 
 
 async def test_check_extend_refuses_before_the_last_frame_is_read(make_env) -> None:
-    """Extend's limit, duplicate and length refusals come from check_extend without reading
-    the clip; extend() gives the same ones before it extracts and stores the last frame."""
+    """Extend's limit, duplicate and length refusals come from check_extend without reading the clip; extend() gives the same ones before it extracts and stores the last frame."""
     backend = FakeBackend(real_video=True)
     env = await make_env(backend, Limits(pending_per_user=2))
     parent = await env.wait((await env.submit(preset="wan-480p-fast", duration="short")).id)
@@ -366,8 +362,7 @@ async def test_check_extend_refuses_before_the_last_frame_is_read(make_env) -> N
 
 
 async def test_deleted_result_and_showcase_post_are_recorded(make_env) -> None:
-    """Deleting the result message forgets it (deleting a copy does not); a re-post in the
-    clip's channel takes its place; the first showcase post is kept for good."""
+    """Deleting the result message forgets it (deleting a copy does not); a re-post in the clip's channel takes its place; the first showcase post is kept for good."""
     env = await make_env()
     job = await env.wait((await env.submit()).id)
     env.service.mark_delivered(job.id, message_id=500, channel_id=10)
@@ -442,8 +437,7 @@ async def test_crash_is_retried_once_then_succeeds(make_env) -> None:
 
 
 async def test_requeue_goes_back_to_the_head_without_an_attempt(make_env) -> None:
-    """A job given back by a stopping worker ("requeue") runs next, attempts and quota
-    unchanged; a job given back over and over counts as a crash in the end."""
+    """A job given back by a stopping worker ("requeue") runs next, attempts and quota unchanged; a job given back over and over counts as a crash in the end."""
     backend = FakeBackend()
     backend.hold()
     env = await make_env(backend, Limits(pending_per_user=5, daily_per_user=5))
@@ -501,8 +495,7 @@ async def test_final_errors_and_broken_backends(make_env) -> None:
 
 
 async def test_children_copy_the_parent_and_credit_the_owner(make_env) -> None:
-    """Reroll, vary and edit copy image/prompt/seed; a click by someone else is theirs,
-    crediting the original; a second pending child from the same clip is refused."""
+    """Reroll, vary and edit copy image/prompt/seed; a click by someone else is theirs, crediting the original; a second pending child from the same clip is refused."""
     backend = FakeBackend()
     env = await make_env(backend, Limits(pending_per_user=5))
     parent = await env.submit(user_id=1, seed=1234, camera="orbit", duration="short")
@@ -536,8 +529,7 @@ async def test_children_copy_the_parent_and_credit_the_owner(make_env) -> None:
 
 
 async def test_extend_and_loop_frame_counts(make_env) -> None:
-    """Extend continues from the last frame and joins (F1 + F2 - 1) up to the preset's cap;
-    Loop ping-pongs (2F - 2) without the GPU queue."""
+    """Extend continues from the last frame and joins (F1 + F2 - 1) up to the preset's cap; Loop ping-pongs (2F - 2) without the GPU queue."""
     backend = FakeBackend(real_video=True)
     env = await make_env(backend, Limits(pending_per_user=5))
     # wan-480p-fast: short = 49 frames, one clip at most 81, a whole clip at most 241
@@ -628,8 +620,7 @@ async def test_prune_outputs_keeps_rows(make_env) -> None:
 
 
 async def test_resume_requeues_in_order_and_reports_undelivered(tmp_path: Path) -> None:
-    """After a restart: running jobs are back in the queue (attempts + 1), queued jobs keep
-    their order, done-but-undelivered results are reported."""
+    """After a restart: running jobs are back in the queue (attempts + 1), queued jobs keep their order, done-but-undelivered results are reported."""
     limits = Limits(pending_per_user=10, pending_per_guild=10)
     backend = FakeBackend()
     first = Env(tmp_path, backend, limits)
@@ -657,8 +648,7 @@ async def test_resume_requeues_in_order_and_reports_undelivered(tmp_path: Path) 
 
 
 def test_sigkill_mid_run_loses_and_duplicates_nothing(tmp_path: Path) -> None:
-    """A bot killed with SIGKILL while submitting and running jobs: on reopen every
-    acknowledged job is there once, and resume() restores the queue in submission order."""
+    """A bot killed with SIGKILL while submitting and running jobs: on reopen every acknowledged job is there once, and resume() restores the queue in submission order."""
     env = {**os.environ, "PYTHONPATH": str(PROJECT)}
     log = tmp_path / "child.log"
     acknowledged: list[str] = []
@@ -714,9 +704,7 @@ def test_sigkill_mid_run_loses_and_duplicates_nothing(tmp_path: Path) -> None:
 
 
 async def test_jobs_through_the_real_local_backend(tmp_path: Path) -> None:
-    """With a tiny model in a real worker process: jobs from two guilds run fairly to real
-    MP4s, a worker killed with SIGKILL mid-job is retried to success, extend and loop work;
-    closing the backend gives the jobs it holds back ("requeue"), not as crashes."""
+    """With a tiny model in a real worker process: jobs from two guilds run fairly to real MP4s, a worker killed with SIGKILL mid-job is retried to success, extend and loop work; closing the backend gives the jobs it holds back ("requeue"), not as crashes."""
     from generator.backends import LocalBackend
 
     model = tmp_path / "model"

@@ -88,9 +88,7 @@ _ops = st.lists(
 @settings(max_examples=300, deadline=None)
 @given(_ops)
 def test_dispatch_order_obeys_round_robin_for_any_arrival_pattern(ops: list[tuple]) -> None:
-    """For any arrivals, pops and cancels: FIFO per member; between two turns of a waiting
-    guild (member) no other guild (member of that guild) gets two; a new guild's first job
-    waits at most one job per active guild; position() and order() predict the pops."""
+    """For any arrivals, pops and cancels: FIFO per member; between two turns of a waiting guild (member) no other guild (member of that guild) gets two; a new guild's first job waits at most one job per active guild; position() and order() predict the pops."""
     q = FairQueue()
     pushed: dict[tuple[int, int], list[str]] = {}
     popped: dict[tuple[int, int], list[str]] = {}
@@ -234,8 +232,7 @@ async def test_dispatched_job_holds_its_slot_until_the_backend_confirms_it() -> 
 
 
 async def test_scheduler_polls_capacity_that_appears_later_and_close_cancels_runs() -> None:
-    """Slots that appear without a wake-up (remote workers) are noticed by the poll; close()
-    cancels runs in flight."""
+    """Slots that appear without a wake-up (remote workers) are noticed by the poll; close() cancels runs in flight."""
     capacity = 0
     cancelled: list[str] = []
 
@@ -298,8 +295,7 @@ def test_one_pool_is_exactly_a_fair_queue() -> None:
 
 
 async def test_a_job_is_dispatched_when_its_preset_has_a_slot_even_behind_a_blocked_one() -> None:
-    """The fair-next job whose preset is busy stays queued; a later job whose preset has a free
-    worker starts at once; kick() (a backend reporting a new worker) dispatches without a poll."""
+    """The fair-next job whose preset is busy stays queued; a later job whose preset has a free worker starts at once; kick() (a backend reporting a new worker) dispatches without a poll."""
     slots = {"x": 1, "y": 1}
     busy: dict[str, set[str]] = {"x": set(), "y": set()}
     pool_of: dict[str, str] = {}
@@ -374,10 +370,7 @@ _pool_ops = st.lists(
 def test_several_presets_no_job_waits_while_a_worker_of_its_preset_is_free(
     ops: list[tuple], with_total: bool
 ) -> None:
-    """For any arrivals, endings, cancels and fleet changes over several presets: no job is
-    handed over without a free worker of its preset, none waits while one is free, and each
-    preset's dispatch order is exactly its own FairQueue's (round-robin within the preset,
-    a guild's first job waiting at most one dispatch per guild active in that preset)."""
+    """For any arrivals, endings, cancels and fleet changes over several presets: no job is handed over without a free worker of its preset, none waits while one is free, and each preset's dispatch order is exactly its own FairQueue's (round-robin within the preset, a guild's first job waiting at most one dispatch per guild active in that preset)."""
     asyncio.run(_run_pool_ops(ops, with_total))
 
 
