@@ -49,11 +49,8 @@ def configure_discord_endpoints(settings: Settings) -> None:
 
 
 def build_backend(settings: Settings) -> Any:
-    """The generation backend for these settings.
-
-    Scale-out hook: with ZOETROPE_REDIS_URL set, this is where a RedisBackend (issue 5) is
-    built instead of the local worker process.
-    """
+    """The generation backend: GPU workers through Redis when ZOETROPE_REDIS_URL is set,
+    otherwise one local worker process."""
     if settings.redis_url:
         try:
             from generator.redis_backend import RedisBackend

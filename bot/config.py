@@ -64,8 +64,7 @@ class Settings:
     api_base: str = DEFAULT_API_BASE
     gateway_url: str = DEFAULT_GATEWAY_URL
     cdn_hosts: tuple[str, ...] = DEFAULT_CDN_HOSTS
-    # Scale-out hook: when set, app.build_backend() will create a RedisBackend instead of the
-    # local worker process (issue 5). Until then a set value is refused with a clear message.
+    # When set, app.build_backend() uses GPU workers through Redis instead of a local worker.
     redis_url: str | None = field(default=None, repr=False)  # may carry a password
     limits: Limits = field(default_factory=Limits)
     log_level: str = "INFO"

@@ -1,13 +1,13 @@
 """The fair queue and the dispatcher that feeds the backend.
 
-Fairness rules (issue 3):
+Fairness rules:
   * round-robin over guilds that have waiting jobs (a DM counts as its own guild),
   * then round-robin over the members of that guild who have waiting jobs,
   * FIFO per member.
 A guild whose first job arrives waits for at most one job of every other active guild,
 however many jobs those guilds have queued.
 
-What "fair" means with several presets (issue 5, mixed worker fleets). A job of a preset can
+What "fair" means with several presets (mixed worker fleets). A job of a preset can
 only run on a worker that serves it, so the workers of one preset are a resource of their own,
 and fairness is about sharing a resource. Jobs are therefore kept in *pools*, one per routing
 key (the backend's name for where a job may run: "ltx-fast", "local:my-folder"), and:

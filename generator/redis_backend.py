@@ -36,7 +36,7 @@ Failure handling:
   backend, at most once per `sweep_every` across all of them) marks the job aborted once it has
   been silent for `heartbeat_timeout`; the backend then ends it with `Failed("crash")` and the
   job layer retries it. Worst case: heartbeat_timeout + sweep_every + poll_every (18 s with
-  the defaults; the issue asks for 30 s).
+  the defaults; a dead worker must be noticed within 30 s).
 - A worker stopped gracefully (SIGTERM/SIGINT) stops its running jobs at their next step and
   gives them back as `Failed("requeue")`: the job layer queues them again at the head of their
   queue without counting an attempt, and they run on another worker.
