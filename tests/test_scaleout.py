@@ -287,6 +287,17 @@ def assert_mp4(path: str | Path) -> None:
     assert len(data) > 500 and data[4:8] == b"ftyp", f"{path} is not an MP4"
 
 
+def denoising(events: list, job_id: str, *, past_step: int = 3) -> bool:
+    """Whether `job_id` has reached denoise step `past_step` (it is running on a worker)."""
+    return any(
+        isinstance(e, JobProgress)
+        and e.job.id == job_id
+        and e.stage == "denoise"
+        and e.step >= past_step
+        for _, e in events
+    )
+
+
 def terminal(store: Store, ids: list[str]) -> bool:
     return all(store.get_job(i).status in ("done", "failed", "cancelled") for i in ids)
 
@@ -501,16 +512,7 @@ async def test_worker_killed_mid_job_job_completes_elsewhere(
         ids = [job.id for job in jobs]
         victim = ids[0]
 
-        def running_victim() -> bool:
-            return any(
-                isinstance(e, JobProgress)
-                and e.job.id == victim
-                and e.stage == "denoise"
-                and e.step >= 3
-                for _, e in events
-            )
-
-        await wait_for(running_victim, 30, "the first job to run", fleet)
+        await wait_for(lambda: denoising(events, victim), 30, "the first job to run", fleet)
         worker = backend.worker_of(victim)
         pid = fleet.pid_of(worker)
         killed_at = time.monotonic()
@@ -556,16 +558,7 @@ async def test_worker_stopped_gracefully_gives_its_job_back(
         ids = [job.id for job in jobs]
         victim = ids[0]
 
-        def running_victim() -> bool:
-            return any(
-                isinstance(e, JobProgress)
-                and e.job.id == victim
-                and e.stage == "denoise"
-                and e.step >= 3
-                for _, e in events
-            )
-
-        await wait_for(running_victim, 30, "the first job to run", fleet)
+        await wait_for(lambda: denoising(events, victim), 30, "the first job to run", fleet)
         worker = backend.worker_of(victim)
         pid = fleet.pid_of(worker)
         stopped_at = time.monotonic()
