@@ -102,6 +102,20 @@ class _Guild:
     count: int = 0
 
 
+def _put(queue: deque, item: object, front: bool) -> None:
+    if front:
+        queue.appendleft(item)
+    else:
+        queue.append(item)
+
+
+def _to_front(queue: deque, item: object) -> None:
+    """Move `item`, already in `queue`, to its head (O(len) unless it is there already)."""
+    if queue[0] is not item:
+        queue.remove(item)
+        queue.appendleft(item)
+
+
 class FairQueue:
     """Round-robin over guilds, then over members within a guild, FIFO per member."""
 
@@ -146,27 +160,16 @@ class FairQueue:
         g = self._by_guild.get(guild)
         if g is None:
             g = self._by_guild[guild] = _Guild(guild)
-            if front:
-                self._guilds.appendleft(g)
-            else:
-                self._guilds.append(g)
-        elif front and self._guilds[0] is not g:
-            self._guilds.remove(g)
-            self._guilds.appendleft(g)
+            _put(self._guilds, g, front)
+        elif front:
+            _to_front(self._guilds, g)
         u = g.by_user.get(user)
         if u is None:
             u = g.by_user[user] = _User(user)
-            if front:
-                g.users.appendleft(u)
-            else:
-                g.users.append(u)
-        elif front and g.users[0] is not u:
-            g.users.remove(u)
-            g.users.appendleft(u)
-        if front:
-            u.jobs.appendleft(job_id)
-        else:
-            u.jobs.append(job_id)
+            _put(g.users, u, front)
+        elif front:
+            _to_front(g.users, u)
+        _put(u.jobs, job_id, front)
         g.count += 1
         self._where[job_id] = (guild, user)
 
