@@ -1,9 +1,9 @@
 """Validate request bodies against Discord's OpenAPI description (discord/discord-api-spec).
 
-The local Discord server (tests/discord_server.py) calls :meth:`DiscordSpec.validate` for every
-JSON body (or multipart ``payload_json``) the client sends when the environment variable
-``ZOETROPE_DISCORD_SPEC`` names the spec file. The spec is large (about 1.2 MB), so it is loaded
-once per process and path, and one validator is compiled per operation and content type.
+The local Discord server (tests/discord_server/spec_checks.py) calls :meth:`DiscordSpec.validate`
+for every JSON body (or multipart ``payload_json``) the client sends when the environment
+variable ``ZOETROPE_DISCORD_SPEC`` names the spec file. The spec is large (about 1.2 MB), so it is
+loaded once per process and path, and one validator is compiled per operation and content type.
 
 Deliberate relaxations of the spec, each matching what Discord itself accepts:
 

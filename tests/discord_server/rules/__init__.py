@@ -1,0 +1,1 @@
+"""The Discord rules the local server enforces, one file per rule (mixins of FakeDiscord)."""
