@@ -42,16 +42,19 @@ class BrightFrameClassifier:
 
 
 class SlowClassifier:
-    """Sleeps `seconds` per image, then returns `sexual`: a check that outlasts its timeout."""
+    """Sleeps `seconds` per image (only for images `only_width` wide, when given), then returns
+    `sexual`: a check that outlasts its timeout, beside quick ones."""
 
     name = "slow (test only)"
 
-    def __init__(self, seconds: float, sexual: float = 0.0) -> None:
+    def __init__(self, seconds: float, sexual: float = 0.0, only_width: int | None = None) -> None:
         self.seconds = seconds
         self.sexual = sexual
+        self.only_width = only_width
 
     def classify(self, image: Image.Image) -> SafetyScores:
-        time.sleep(self.seconds)
+        if self.only_width is None or image.width == self.only_width:
+            time.sleep(self.seconds)
         return SafetyScores(sexual=self.sexual, model=self.name)
 
 
