@@ -4,6 +4,7 @@
     python main.py animate IMAGE "PROMPT"   make one clip locally, with a progress bar
     python main.py worker --redis URL       serve jobs from Redis on this GPU machine
     python main.py models list|pull NAME    list presets / pre-download their weights
+    python main.py verify CLIP.mp4          what a clip says about itself (AI-generated, C2PA)
 
 Heavy imports (torch, diffusers) never happen here: generation runs in a worker process.
 """
@@ -218,6 +219,20 @@ def _worker(args: argparse.Namespace) -> int:
     return run_redis_worker(args.redis, model=model, slots=args.slots, device=args.device)
 
 
+# -- verify ------------------------------------------------------------------------------------
+
+
+def _verify(args: argparse.Namespace) -> int:
+    from generator.provenance import ProvenanceError, format_report, read_provenance
+
+    try:
+        found = read_provenance(args.clip, data_dir=_default_data_dir())
+    except ProvenanceError as exc:
+        raise CliError(exc.message) from None
+    print(format_report(found))
+    return 0 if found.valid else 1
+
+
 # -- parser ------------------------------------------------------------------------------------
 
 
@@ -259,6 +274,12 @@ def build_parser() -> argparse.ArgumentParser:
     pull = models_sub.add_parser("pull", help="download a preset's weights ahead of time")
     pull.add_argument("name")
     pull.set_defaults(func=_models_pull)
+
+    verify = sub.add_parser(
+        "verify", help="print a clip's provenance; exit 0 valid, 1 no/invalid manifest"
+    )
+    verify.add_argument("clip", help="an MP4 file")
+    verify.set_defaults(func=_verify)
     return parser
 
 
