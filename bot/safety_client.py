@@ -133,21 +133,39 @@ class SafetyClient:
             )
         self._pending += 1
         try:
+            return await self._run(kind, path, policy, age_restricted)
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise  # our caller is being cancelled: let it
+            # close() cancelled the queued work under us: a refusal, not a cancelled caller.
+            return refusal(RULE_UNAVAILABLE, "The content check was shut down.")
+        except Exception:
+            log.exception("content check of %s failed", kind)
+            return refusal(RULE_UNAVAILABLE, "The content check failed, so this was not posted.")
+        finally:
+            self._pending -= 1
+
+    async def _run(
+        self, kind: str, path: str | Path, policy: SafetyPolicy, age_restricted: bool
+    ) -> Verdict:
+        args = (kind, str(path), policy.to_dict(), bool(age_restricted), self._clip_samples)
+        loop = asyncio.get_running_loop()
+        for attempt in (1, 2):
             pool = await self._ensure_pool()
             if pool is None:
                 return refusal(RULE_UNAVAILABLE, self._status.get("error") or "not available")
-            loop = asyncio.get_running_loop()
-            future = loop.run_in_executor(
-                pool,
-                safety.worker_check,
-                kind,
-                str(path),
-                policy.to_dict(),
-                bool(age_restricted),
-                self._clip_samples,
-            )
             try:
-                result = await asyncio.wait_for(future, self._timeout_s)
+                future = loop.run_in_executor(pool, safety.worker_check, *args)
+            except (BrokenProcessPool, RuntimeError):
+                # The child died while idle (or the pool was shut down after a timeout): this
+                # check never started, so it may safely go to a fresh child, once.
+                await self._forget(pool)
+                if attempt == 2:
+                    raise
+                continue
+            try:
+                return Verdict.from_dict(await asyncio.wait_for(future, self._timeout_s))
             except TimeoutError:
                 log.warning("content check of %s timed out after %ss", kind, self._timeout_s)
                 await self._kill_child(pool)
@@ -157,16 +175,11 @@ class SafetyClient:
                     "not posted.",
                 )
             except BrokenProcessPool:
-                # The child died (killed by a timeout of another check, or crashed): refuse
-                # this one and let the next check start a fresh child.
+                # The child died during this check (a timeout of another check killed it, or
+                # it crashed): this one is refused; the next check starts a fresh child.
                 await self._forget(pool)
                 return refusal(RULE_UNAVAILABLE, "The content check stopped unexpectedly.")
-            return Verdict.from_dict(result)
-        except Exception:
-            log.exception("content check of %s failed", kind)
-            return refusal(RULE_UNAVAILABLE, "The content check failed, so this was not posted.")
-        finally:
-            self._pending -= 1
+        raise AssertionError("unreachable")
 
     # -- the child ------------------------------------------------------------------------------
 

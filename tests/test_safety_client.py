@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -150,3 +152,42 @@ def test_the_bot_process_never_loads_the_model() -> None:
     )
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout.strip().splitlines()[-1]) == {"allowed": True, "heavy": []}
+
+
+@pytest.mark.timeout(120)
+async def test_a_child_that_died_while_idle_is_replaced_without_a_refusal(
+    tmp_path: Path,
+) -> None:
+    """SIGKILL the idle child (as the OOM killer would): the next check runs in a new child
+    and is answered normally."""
+    image = small_png(tmp_path / "in.png")
+    factory = "tests.safety_fakes:FixedScoreClassifier"
+    async with SafetyClient(factory=factory, factory_kwargs={"sexual": 0.0}) as client:
+        first = client.child_pid
+        assert first is not None
+        os.kill(first, signal.SIGKILL)
+        await asyncio.sleep(0.5)  # let the pool notice
+        verdict = await client.check_image(image, STANDARD, False)
+        assert verdict.allowed and verdict.rule == RULE_OK
+        assert client.child_pid not in (None, first)
+
+
+@pytest.mark.timeout(120)
+async def test_close_during_checks_refuses_them(tmp_path: Path) -> None:
+    """Checks still waiting when the client closes come back as refusals, not cancellations."""
+    image = small_png(tmp_path / "in.png", width=64)
+    client = SafetyClient(
+        factory="tests.safety_fakes:SlowClassifier", factory_kwargs={"seconds": 0.5}
+    )
+    await client.start()
+    checks = [asyncio.create_task(client.check_image(image, STANDARD, False)) for _ in range(4)]
+    await asyncio.sleep(0.2)
+    await client.close()
+    verdicts = await asyncio.gather(*checks)
+    # The running check finishes; the pool may already have handed the child one more (its
+    # call queue holds one spare); the rest were never sent and come back refused.
+    outcomes = [(v.allowed, v.rule) for v in verdicts]
+    assert outcomes[0] == (True, RULE_OK) and outcomes[-1] == (False, RULE_UNAVAILABLE)
+    assert set(outcomes) == {(True, RULE_OK), (False, RULE_UNAVAILABLE)}
+    late = await client.check_image(image, STANDARD, False)
+    assert not late.allowed and "shut down" in late.reason
