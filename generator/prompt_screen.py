@@ -189,6 +189,13 @@ BENIGN_PHRASES = (
     "chicken breast",
     "chicken breasts",
     "robin redbreast",
+    "breast milk",
+    "breast feeding",
+    "breast fed",
+    "oilseed rape",
+    "rape field",
+    "rape fields",
+    "cum laude",
 )
 
 # Stand-ins read as letters inside a word that has letters ("s3x", "k1d"); a plain number

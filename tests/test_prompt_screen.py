@@ -30,6 +30,9 @@ BENIGN = [
     "a nude statue in a museum",  # no minor: a matter for the image check and the policy
     "a minor chord played on a grand piano",
     "lolly pops and candy floss at the fair",
+    "a baby drinking breast milk from a bottle",
+    "children running through a field of oilseed rape",
+    "a kid graduating magna cum laude",
 ]
 
 BLOCKED = [
