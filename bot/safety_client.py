@@ -142,7 +142,7 @@ class SafetyClient:
             return refusal(RULE_UNAVAILABLE, "The content check was shut down.")
         except Exception:
             log.exception("content check of %s failed", kind)
-            return refusal(RULE_UNAVAILABLE, "The content check failed, so this was not posted.")
+            return refusal(RULE_UNAVAILABLE, "The content check failed, so it was refused.")
         finally:
             self._pending -= 1
 
@@ -171,8 +171,7 @@ class SafetyClient:
                 await self._kill_child(pool)
                 return refusal(
                     RULE_UNAVAILABLE,
-                    f"The content check took longer than {self._timeout_s:g} s, so this was "
-                    "not posted.",
+                    f"The content check took longer than {self._timeout_s:g} s, so it was refused.",
                 )
             except BrokenProcessPool:
                 # The child died during this check (a timeout of another check killed it, or

@@ -239,7 +239,9 @@ class OpenNsfwClassifier:
         return SafetyScores(sexual=float(prediction.nsfw), model=self.name)
 
 
-def load_classifier(factory: str = "generator.safety:OpenNsfwClassifier", **kwargs: Any):
+def load_classifier(
+    factory: str = "generator.safety:OpenNsfwClassifier", **kwargs: Any
+) -> Classifier:
     """Build a classifier from "module:callable" (the child process gets it by name). Any
     failure raises SafetyUnavailable."""
     module_name, _, attr = factory.partition(":")
@@ -388,7 +390,7 @@ def _first_line(exc: BaseException) -> str:
 
 
 def _unavailable_reason(exc: BaseException) -> str:
-    return f"The content check failed ({type(exc).__name__}), so this was not posted."
+    return f"The content check failed ({type(exc).__name__}), so it was refused."
 
 
 # -- the child process side (bot/safety_client.py) ------------------------------------------------
