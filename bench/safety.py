@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bot.safety_client import SafetyClient  # noqa: E402
-from generator import encode, safety  # noqa: E402
+from generator import encode, provenance, safety  # noqa: E402
 from generator.safety import STANDARD, OpenNsfwClassifier  # noqa: E402
 
 PHOTOS = sorted((ROOT / "tests" / "data" / "photos").glob("*.jpg"))
@@ -112,6 +112,29 @@ async def through_client(repeat: int, clip: Path, concurrent: int, tmp: Path) ->
     return figures
 
 
+def marking(repeat: int, clip: Path, tmp: Path) -> dict[str, float]:
+    """Provenance on the same clip: tags remux + C2PA signing (+ the verify inside), and a
+    read back. The identity is made before timing (first use only)."""
+    data_dir = tmp / "data"
+    started = time.perf_counter()
+    provenance.signing_identity(data_dir)
+    figures = {"identity_first_use_ms": (time.perf_counter() - started) * 1000}
+    copies = [tmp / f"mark{i}.mp4" for i in range(repeat)]
+    for copy in copies:
+        copy.write_bytes(clip.read_bytes())
+    times = []
+    for copy in copies:
+        t0 = time.perf_counter()
+        provenance.mark_clip(copy, model="bench-model", data_dir=data_dir)
+        times.append((time.perf_counter() - t0) * 1000)
+    figures["mark_clip_ms"] = statistics.median(times)
+    figures["read_provenance_ms"] = median_ms(
+        lambda: provenance.read_provenance(copies[0], data_dir=data_dir), repeat
+    )
+    figures["bytes_added"] = copies[0].stat().st_size - clip.stat().st_size
+    return figures
+
+
 # -- memory, each in a fresh process ----------------------------------------------------------------
 
 RSS_CODE = {
@@ -129,6 +152,14 @@ RSS_CODE = {
         "    await c.close()\n"
         "asyncio.run(main())\n"
     ),
+    "marking": (
+        "import shutil, tempfile, pathlib\n"
+        "from generator import provenance\n"
+        "tmp = pathlib.Path(tempfile.mkdtemp())\n"
+        "shutil.copy(CLIP, tmp / 'c.mp4')\n"
+        "extra['before_mark'] = psutil.Process().memory_info().rss\n"
+        "provenance.mark_clip(tmp / 'c.mp4', model='bench', data_dir=tmp / 'data')\n"
+    ),
     "in_process": (
         "from PIL import Image\n"
         "from generator.safety import OpenNsfwClassifier\n"
@@ -137,11 +168,12 @@ RSS_CODE = {
 }
 
 
-def rss_of(mode: str) -> dict[str, int]:
+def rss_of(mode: str, clip: Path) -> dict[str, int]:
     code = (
         "import json, sys, psutil\n"
         f"sys.path.insert(0, {str(ROOT)!r})\n"
         f"PHOTO = {str(PHOTOS[0])!r}\n"
+        f"CLIP = {str(clip)!r}\n"
         "extra = {}\n" + RSS_CODE[mode] + "extra['rss'] = psutil.Process().memory_info().rss\n"
         "print(json.dumps(extra))\n"
     )
@@ -164,18 +196,27 @@ def main() -> int:
         clip = photo_clip(tmp / "clip.mp4")
         local = in_process(args.repeat, clip)
         remote = asyncio.run(through_client(args.repeat, clip, args.concurrent, tmp))
-    bare, client, inproc = rss_of("bare"), rss_of("client"), rss_of("in_process")
+        marks = marking(args.repeat, clip, tmp)
+        bare, client = rss_of("bare", clip), rss_of("client", clip)
+        inproc, marked = rss_of("in_process", clip), rss_of("marking", clip)
     print("## in process (threads=1)")
     for key, value in local.items():
         print(f"{key:<28} {value:9.1f}")
     print("## through SafetyClient (spawned child)")
     for key, value in remote.items():
         print(f"{key:<28} {value:9.1f}")
+    print("## provenance (81 frames 832x480)")
+    for key, value in marks.items():
+        print(f"{key:<28} {value:9.1f}")
     print("## resident memory (MiB)")
     print(f"{'bot side, client imported':<40} {bare['rss'] / mib:7.1f}")
     print(f"{'bot side, client started + 1 check':<40} {client['rss_with_client'] / mib:7.1f}")
     print(f"{'the check child':<40} {client['child_rss'] / mib:7.1f}")
     print(f"{'model loaded in-process instead':<40} {inproc['rss'] / mib:7.1f}")
+    print(
+        f"{'marking in-process: before / after':<40} {marked['before_mark'] / mib:7.1f} / "
+        f"{marked['rss'] / mib:.1f}"
+    )
     return 0
 
 
