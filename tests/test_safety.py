@@ -254,3 +254,14 @@ def test_the_worker_side_refuses_when_its_model_did_not_load(tmp_path: Path) -> 
     finally:
         safety._worker_classifier = None
         safety._worker_error = None
+
+
+def test_a_one_frame_clip_is_checked_on_its_only_frame(tmp_path: Path) -> None:
+    """A clip of one frame gives one sample, and is judged on it."""
+    clip = tmp_path / "still.mp4"
+    encode.encode_mp4(np.full((1, 48, 64, 3), 200, np.uint8), clip, fps=16)
+    frames = sample_frames(clip, 8)
+    assert len(frames) == 1 and frames[0].size == (64, 48)
+    fake = FixedScoreClassifier(0.9)
+    verdict = check_clip(clip, STRICT, True, classifier=fake)
+    assert not verdict.allowed and verdict.rule == RULE_SEXUAL and fake.seen == [(64, 48)]
