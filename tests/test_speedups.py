@@ -22,7 +22,7 @@ from PIL import Image
 from generator import memory, speedups
 from generator.pipeline import OutOfMemory, VideoGenerator
 from generator.plan import DEFAULT_NEGATIVE_PROMPTS
-from generator.presets import GIB, PRESETS, choose_auto
+from generator.presets import GIB, choose_auto
 from generator.protocol import GenerationRequest, Progress
 from generator.resolve import resolve
 from tests.tiny_models import build_tiny_model
