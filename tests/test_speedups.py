@@ -290,3 +290,15 @@ def test_the_allocator_gets_expandable_segments_unless_the_operator_set_it():
     assert run({}) == "expandable_segments:True"
     assert run({"PYTORCH_CUDA_ALLOC_CONF": "max_split_size_mb:128"}) == "max_split_size_mb:128"
     assert run({"PYTORCH_ALLOC_CONF": "expandable_segments:False"}) == "None"
+
+
+def test_bf16_weights_with_an_fp32_vae_make_a_clip(model_dirs, image):
+    """The GPU's dtypes (bf16 transformer and text encoder, fp32 VAE and image encoder) load
+    and make a clip on the tiny Wan model."""
+    gen = VideoGenerator.load(str(model_dirs["wan21"]), preset_dtypes=True)
+    assert gen.pipe.transformer.dtype == torch.bfloat16
+    assert gen.pipe.text_encoder.dtype == torch.bfloat16
+    assert gen.pipe.vae.dtype == torch.float32
+    assert gen.pipe.image_encoder.dtype == torch.float32
+    clip = gen.generate(make_request(image))
+    assert clip.frames.shape == (9, 64, 64, 3) and clip.frames.std() > 0
