@@ -225,8 +225,8 @@ class VideoGenerator:
                     config, **{key: preset.flow_shift}
                 )
 
-        # LTX's docs decode with VAE tiling on: its 13B VAE decode at 768x512x97 is the peak
-        # of the whole clip otherwise.
+        # LTX decodes with VAE tiling on, as diffusers' LTX-Video docs do in their 0.9.7 and
+        # 0.9.8 distilled examples (`pipeline.vae.enable_tiling()`).
         self._vae_tiling = self.family == "ltx"
         on_cuda = self.device.startswith("cuda")
         if on_cuda and preset.offload:
