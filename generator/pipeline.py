@@ -1,7 +1,8 @@
 """Image-to-video generation with diffusers: load once, then make clips on request.
 
-This is the only module of Zoetrope that imports torch and diffusers; only the worker process
-imports it. A `VideoGenerator` owns one loaded pipeline and runs one clip at a time.
+This module and its helpers (`resolve`, `plan`, `memory`, `speedups`) are the only ones of
+Zoetrope that import torch and diffusers; only the worker process imports them. A
+`VideoGenerator` owns one loaded pipeline and runs one clip at a time.
 
 Two pipeline families are supported:
 

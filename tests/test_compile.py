@@ -27,6 +27,12 @@ from tests.tiny_models import build_tiny_model
 
 ROOT = Path(__file__).resolve().parent.parent
 
+# Inductor's own modules still touch `torch.jit.script_method` while compiling (torch 2.13);
+# that deprecation is torch's to fix, and as an error it would make every compile fall back.
+pytestmark = pytest.mark.filterwarnings(
+    "ignore:`torch.jit.script_method` is deprecated:DeprecationWarning"
+)
+
 
 @pytest.fixture(scope="module")
 def wan21(tmp_path_factory: pytest.TempPathFactory) -> Path:
@@ -158,7 +164,7 @@ def test_a_compile_that_cannot_build_falls_back_to_eager_and_says_so(tmp_path, w
         assert ready["compile"] == "off"
         assert "compile_repeated_blocks" not in ready["speedups"]
         assert ready["attention_backend"] == "native"
-        assert ready["compile_error"]
+        assert "InvalidCxxCompiler" in ready["compile_error"] and missing in ready["compile_error"]
 
         proc.stdin.write(json.dumps({"op": "generate", "request": dataclasses.asdict(req)}) + "\n")
         proc.stdin.flush()
