@@ -71,12 +71,6 @@ logging.getLogger("diffusers.schedulers.scheduling_flow_match_euler_discrete").a
     _DropMessage("`timesteps` were passed without `sigmas`")
 )
 
-# A local model folder may hold this file: JSON overrides of the preset settings (keys in
-# presets.OVERRIDE_KEYS, e.g. {"steps": 2, "pixel_budget": 4096}); "preset" names a preset
-# whose settings are the starting point instead of the generic ones for the folder's family.
-OVERRIDES_FILE = "zoetrope.json"
-
-
 class GenerationCancelled(Exception):
     """The job was cancelled between two denoising steps."""
 
