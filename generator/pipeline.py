@@ -1,7 +1,8 @@
 """Image-to-video generation with diffusers: load once, then make clips on request.
 
-This is the only module of Zoetrope that imports torch and diffusers; only the worker process
-imports it. A `VideoGenerator` owns one loaded pipeline and runs one clip at a time.
+This module and its helpers (`resolve`, `plan`, `memory`, `speedups`) are the only ones of
+Zoetrope that import torch and diffusers; only the worker process imports them. A
+`VideoGenerator` owns one loaded pipeline and runs one clip at a time.
 
 Two pipeline families are supported:
 
@@ -18,38 +19,39 @@ towards `variation_seed`'s noise), so strength 0 reproduces the seed's clip exac
 
 from __future__ import annotations
 
+# First: sets the CUDA allocator's settings before torch is imported (see generator/memory.py).
+from generator import memory
+
+# isort: split
 import dataclasses
-import gc
-import json
 import logging
 import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from diffusers import LTXConditionPipeline, WanImageToVideoPipeline
 from diffusers.pipelines.ltx.pipeline_ltx_condition import linear_quadratic_schedule
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
-from generator.presets import (
-    DURATIONS,
-    MAX_SEED,
-    OVERRIDE_KEYS,
-    PRESETS,
-    NeedsGPU,
-    Preset,
-    PresetError,
-    apply_overrides,
-    choose_auto,
-    get_preset,
-    snap_frames,
-    snap_size,
-)
+from generator import speedups
+from generator.plan import BadRequest, negative_prompt, plan_request, slerp
+from generator.presets import NeedsGPU, Preset, snap_frames
 from generator.protocol import GenerationRequest, Progress
+from generator.resolve import ModelLoadError, resolve
+
+__all__ = [
+    "BadRequest",
+    "ClipResult",
+    "GenerationCancelled",
+    "ModelLoadError",
+    "OutOfMemory",
+    "VideoGenerator",
+    "slerp",
+]
 
 log = logging.getLogger(__name__)
 
@@ -69,26 +71,12 @@ logging.getLogger("diffusers.schedulers.scheduling_flow_match_euler_discrete").a
     _DropMessage("`timesteps` were passed without `sigmas`")
 )
 
-# A local model folder may hold this file: JSON overrides of the preset settings (keys in
-# presets.OVERRIDE_KEYS, e.g. {"steps": 2, "pixel_budget": 4096}); "preset" names a preset
-# whose settings are the starting point instead of the generic ones for the folder's family.
-OVERRIDES_FILE = "zoetrope.json"
-
-
 class GenerationCancelled(Exception):
     """The job was cancelled between two denoising steps."""
 
 
 class OutOfMemory(Exception):
     """The GPU ran out of memory; memory was freed and the generator stays usable."""
-
-
-class BadRequest(ValueError):
-    """A request value that cannot be generated; the message names the argument and value."""
-
-
-class ModelLoadError(RuntimeError):
-    """The model could not be loaded (missing folder, unsupported pipeline, failed download)."""
 
 
 @dataclass
@@ -114,125 +102,13 @@ class _LTXConditionPipeline(LTXConditionPipeline):
         return super().prepare_latents(*args, sigma=sigma, latents=latents, **kwargs)
 
 
-# Pipeline class names found in model_index.json -> (family, class used to load the folder).
-_WAN_CLASSES = {"WanImageToVideoPipeline", "WanPipeline"}
-_LTX_CLASSES = {"LTXConditionPipeline", "LTXImageToVideoPipeline", "LTXPipeline"}
 _LOADERS: dict[str, type] = {"wan": WanImageToVideoPipeline, "ltx": _LTXConditionPipeline}
 
 _DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 
-
-def free_vram_bytes() -> int | None:
-    """Free memory on the current CUDA device, or None without CUDA."""
-    if not torch.cuda.is_available():
-        return None
-    free, _total = torch.cuda.mem_get_info()
-    return int(free)
-
-
-def slerp(a: torch.Tensor, b: torch.Tensor, t: float) -> torch.Tensor:
-    """Spherical interpolation from `a` (t=0, returned unchanged) to `b` (t=1).
-
-    Gaussian noise lives near a sphere; slerp keeps the mix at the same norm, where a plain
-    lerp would shrink it and wash the clip out.
-    """
-    if t == 0:
-        return a
-    if t == 1:
-        return b
-    a64, b64 = a.double().flatten(), b.double().flatten()
-    cos = torch.dot(a64, b64) / (a64.norm() * b64.norm())
-    theta = math.acos(float(cos.clamp(-1.0, 1.0)))
-    if theta < 1e-4:  # (almost) parallel: slerp degenerates to lerp
-        return torch.lerp(a, b, t)
-    sin = math.sin(theta)
-    wa, wb = math.sin((1 - t) * theta) / sin, math.sin(t * theta) / sin
-    return (wa * a.double() + wb * b.double()).to(a.dtype)
-
-
-def _family_of(class_name: str, model_index: dict[str, Any]) -> str:
-    if class_name in _WAN_CLASSES:
-        if class_name == "WanPipeline" and not model_index.get("expand_timesteps"):
-            raise ModelLoadError(
-                "this Wan folder is a text-to-video model (WanPipeline without "
-                "expand_timesteps); Zoetrope needs an image-to-video model"
-            )
-        return "wan"
-    if class_name in _LTX_CLASSES:
-        return "ltx"
-    supported = ", ".join(sorted(_WAN_CLASSES | _LTX_CLASSES))
-    raise ModelLoadError(f"unsupported pipeline class {class_name!r}; supported: {supported}")
-
-
-def _local_base_preset(family: str, model_index: dict[str, Any]) -> Preset:
-    """Generic settings for a local folder: the closest preset, minus hub-only parts.
-
-    The LoRA and the distilled schedules belong to the hub presets' weights: a local folder
-    gets its base model's usual settings instead (a zoetrope.json can name a preset).
-    """
-    if family == "wan" and model_index.get("expand_timesteps"):
-        return PRESETS["wan22-5b"]
-    if family == "wan":
-        return dataclasses.replace(PRESETS["wan-480p-fast"], lora=None, steps=40, guidance=5.0)
-    return dataclasses.replace(PRESETS["ltx-fast"], timesteps=None, steps=40, guidance=3.0)
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise ModelLoadError(f"cannot read {path}: {exc}") from None
-    if not isinstance(data, dict):
-        raise ModelLoadError(f"{path} must hold a JSON object")
-    return data
-
-
-def _resolve(model: str, device: str, overrides: dict[str, Any]) -> tuple[Preset, str, str]:
-    """(preset, family, source) for a preset name, "auto" or a local folder."""
-    unknown = set(overrides) - set(OVERRIDE_KEYS)
-    if unknown:
-        raise PresetError(
-            f"unknown setting(s) {sorted(unknown)}; known: {', '.join(OVERRIDE_KEYS)}"
-        )
-    path = Path(model).expanduser()
-    if path.is_dir():
-        index_path = path / "model_index.json"
-        if not index_path.is_file():
-            raise ModelLoadError(f"{path} has no model_index.json: not a diffusers folder")
-        model_index = _read_json(index_path)
-        class_name = str(model_index.get("_class_name"))
-        family = _family_of(class_name, model_index)
-        settings: dict[str, Any] = {}
-        if (path / OVERRIDES_FILE).is_file():
-            settings.update(_read_json(path / OVERRIDES_FILE))
-        settings.update(overrides)
-        base_name = settings.pop("preset", None)
-        if base_name is not None:
-            preset = get_preset(base_name)
-            if _family_of(preset.pipeline_class, {"expand_timesteps": True}) != family:
-                raise PresetError(f"preset {base_name!r} does not fit a {class_name} folder")
-        else:
-            preset = _local_base_preset(family, model_index)
-        preset = dataclasses.replace(
-            preset, name=f"local:{path.name}", hub_id=str(path), pipeline_class=class_name
-        )
-        return apply_overrides(preset, settings), family, str(path)
-
-    if model != "auto" and model not in PRESETS:
-        if "/" in model or model.startswith((".", "~")):
-            raise ModelLoadError(f"model folder {model!r} does not exist")
-        get_preset(model)  # raises, naming the model and listing the presets
-    if device != "cuda":
-        raise NeedsGPU(
-            f"preset {model!r} needs a CUDA GPU (device is {device!r}); pass a local diffusers "
-            "folder (--model DIR) to run a small model on the CPU"
-        )
-    settings = dict(overrides)
-    if "preset" in settings:
-        raise PresetError("the 'preset' setting is for local folders; pass the preset as model")
-    preset = choose_auto(free_vram_bytes()) if model == "auto" else get_preset(model)
-    preset = apply_overrides(preset, settings)
-    return preset, _family_of(preset.pipeline_class, {"expand_timesteps": True}), preset.hub_id
+# Each pipeline's own size rule, from its check_inputs in diffusers 0.42: Wan I2V wants
+# multiples of 16, the LTX pipelines multiples of 32 whatever the VAE's stride.
+_PIPELINE_SIZE_RULE = {"wan": 16, "ltx": 32}
 
 
 class VideoGenerator:
@@ -245,8 +121,18 @@ class VideoGenerator:
         self.device = device
         self.source = source
         self.speedups: list[str] = []  # speed-ups actually applied, for meta and logs
+        self.attention_backend: str | None = None  # the one chosen at load
+        self.compile: str | None = None  # "on", "off" (failed, eager) or None (not asked)
+        self.compile_error: str | None = None  # why compile fell back to eager
         self.lora: str | None = None  # the fused LoRA, if any
         self._offloaded = False
+        self._vae_tiling = False  # tiling wanted for every clip, not only degraded ones
+
+    @property
+    def transformers(self) -> list[Any]:
+        """The denoisers (Wan 2.2 A14B has two experts; the others one)."""
+        found = [getattr(self.pipe, n, None) for n in ("transformer", "transformer_2")]
+        return [t for t in found if t is not None]
 
     @classmethod
     def load(
@@ -255,39 +141,51 @@ class VideoGenerator:
         *,
         device: str | None = None,
         on_progress: Callable[[Progress], None] | None = None,
+        preset_dtypes: bool | None = None,
         **overrides: Any,
     ) -> VideoGenerator:
         """Load `model`: a preset name, "auto", or a local diffusers folder.
 
         Keyword overrides (see presets.OVERRIDE_KEYS, e.g. steps=2, pixel_budget=4096) change
-        the preset's settings; a local folder's zoetrope.json is read first.
+        the preset's settings; a local folder's zoetrope.json is read first. `preset_dtypes`:
+        load in the preset's dtypes (bf16 weights, fp32 VAE) also off CUDA; None: on CUDA only. A compile asked
+        for is built and warmed up here, so the first job does not pay for it (or fail by it).
         """
         report = on_progress or (lambda p: None)
         if device is None:
             device = "cuda" if torch.cuda.is_available() else "cpu"
         if device.startswith("cuda") and not torch.cuda.is_available():
             raise NeedsGPU(f"device {device!r} was asked for but CUDA is not available")
-        kind = "cuda" if device.startswith("cuda") else device
-        preset, family, source = _resolve(model, kind, overrides)
+        preset, family, source = resolve(model, device, overrides)
         report(Progress(0, 1, "load"))
 
-        on_cuda = kind == "cuda"
-        # bf16 on CPU is slow and gains nothing here: everything runs in float32 there.
-        default = _DTYPES[preset.dtype] if on_cuda else torch.float32
+        on_cuda = device.startswith("cuda")
+        # bf16 on CPU is slow and gains nothing here: everything runs in float32 there,
+        # unless the preset's own dtypes are asked for (the tests run the GPU's dtypes so).
+        exact = on_cuda if preset_dtypes is None else preset_dtypes
+        default = _DTYPES[preset.dtype] if exact else torch.float32
         dtypes: dict[str, torch.dtype] = {"default": default}
         for component, name in preset.component_dtypes.items():
-            dtypes[component] = _DTYPES[name] if on_cuda else torch.float32
+            dtypes[component] = _DTYPES[name] if exact else torch.float32
         started = time.perf_counter()
         try:
-            pipe = _LOADERS[family].from_pretrained(source, dtype=dtypes)
-        except (OSError, ValueError) as exc:
+            with memory.load_placement(device, on_cuda and preset.offload) as device_map:
+                pipe = _LOADERS[family].from_pretrained(source, dtype=dtypes, device_map=device_map)
+        except (OSError, ValueError, NotImplementedError) as exc:
             raise ModelLoadError(f"cannot load {source!r}: {exc}") from exc
         pipe.set_progress_bar_config(disable=True)  # progress goes through our callback
 
         generator = cls(pipe, preset, family, device, source)
         generator._configure()
         seconds = time.perf_counter() - started
-        log.info("loaded %s from %s on %s in %.1fs", preset.name, source, device, seconds)
+        log.info(
+            "loaded %s from %s on %s in %.1fs (%s)",
+            preset.name,
+            source,
+            device,
+            seconds,
+            ", ".join(generator.speedups) or "no speed-ups",
+        )
         report(Progress(1, 1, "load"))
         return generator
 
@@ -296,14 +194,16 @@ class VideoGenerator:
     def _configure(self) -> None:
         pipe, preset = self.pipe, self.preset
         # Size and frame rules come from the loaded components, not from the preset's
-        # constants, so a local folder with another VAE stride still gets valid sizes.
+        # constants, so a local folder with another VAE stride still gets valid sizes; the
+        # pipeline's own rule (LTX: 32 whatever the stride) is kept as well.
         if self.family == "wan":
             temporal = pipe.vae_scale_factor_temporal
-            transformer = pipe.transformer or pipe.transformer_2
-            multiple = pipe.vae_scale_factor_spatial * transformer.config.patch_size[1]
+            patch = self.transformers[0].config.patch_size[1]
+            stride = pipe.vae_scale_factor_spatial * patch
         else:
             temporal = pipe.vae_temporal_compression_ratio
-            multiple = pipe.vae_spatial_compression_ratio * pipe.transformer_spatial_patch_size
+            stride = pipe.vae_spatial_compression_ratio * pipe.transformer_spatial_patch_size
+        multiple = math.lcm(stride, _PIPELINE_SIZE_RULE[self.family])
         if (temporal, multiple) != (preset.frame_rule, preset.size_multiple):
             log.info("%s: frame rule %d, size multiple %d", preset.name, temporal, multiple)
         self.preset = preset = dataclasses.replace(
@@ -320,13 +220,18 @@ class VideoGenerator:
                     config, **{key: preset.flow_shift}
                 )
 
+        # LTX decodes with VAE tiling on, as diffusers' LTX-Video docs do in their 0.9.7 and
+        # 0.9.8 distilled examples (`pipeline.vae.enable_tiling()`).
+        self._vae_tiling = self.family == "ltx"
         on_cuda = self.device.startswith("cuda")
         if on_cuda and preset.offload:
             pipe.enable_model_cpu_offload(device=self.device)
-            self._enable_vae_tiling(True)
-            self._offloaded = True
+            self._vae_tiling = self._offloaded = True
         else:
-            pipe.to(self.device)
+            pipe.to(self.device)  # a no-op where the weights were loaded onto the device
+        if self._vae_tiling:
+            self._enable_vae_tiling(True)
+            self.speedups.append("vae_tiling")
 
         if preset.lora is not None:
             lora = preset.lora
@@ -343,34 +248,79 @@ class VideoGenerator:
             pipe.unload_lora_weights()
             self.lora = f"{lora.repo}/{lora.weight_name}"
 
-        self._apply_speedups(on_cuda)
+        self._apply_speedups()
 
-    def _apply_speedups(self, on_cuda: bool) -> None:
-        preset, transformer = self.preset, self.pipe.transformer
-        if preset.attention_backend and on_cuda:
-            name = preset.attention_backend
-            if "hub" in name:
-                # *_hub backends download kernels at run time: no network on GPU boxes.
-                log.warning("attention backend %r downloads kernels; not applied", name)
-            else:
-                try:
-                    transformer.set_attention_backend(name)
-                    self.speedups.append(f"attention:{name}")
-                except (ImportError, RuntimeError, ValueError) as exc:
-                    log.warning("attention backend %r not available: %s", name, exc)
+    def _apply_speedups(self) -> None:
+        preset = self.preset
+        for transformer in self.transformers:
+            self.attention_backend = speedups.choose_attention_backend(
+                transformer,
+                device=self.device,
+                wanted=preset.attention_backend,
+                with_mask=self.family == "ltx",  # LTX masks the text padding
+            )
+        self.speedups.append(f"attention:{self.attention_backend}")
         # First Block Cache is plain torch and runs on any device, so it is applied wherever a
         # preset or override enables it (the CPU tests rely on it to check cancel leaks nothing).
         if preset.first_block_cache is not None:
-            from diffusers.hooks import FirstBlockCacheConfig
-
-            if transformer.config.num_layers < 2:
-                raise ModelLoadError("First Block Cache needs a transformer with >= 2 blocks")
-            transformer.enable_cache(FirstBlockCacheConfig(threshold=preset.first_block_cache))
+            for transformer in self.transformers:
+                try:
+                    speedups.enable_first_block_cache(transformer, preset.first_block_cache)
+                except ValueError as exc:
+                    raise ModelLoadError(str(exc)) from None
             self.speedups.append(f"first_block_cache:{preset.first_block_cache:g}")
-        # Compiling needs a working inductor toolchain and is slow to warm up: CUDA only.
-        if preset.compile_repeated_blocks and on_cuda:
-            transformer.compile_repeated_blocks(fullgraph=True)
-            self.speedups.append("compile_repeated_blocks")
+        if preset.compile_repeated_blocks:
+            self._compile()
+
+    def _compile(self) -> None:
+        """Regional compile of every transformer, warmed up now; eager if it cannot build."""
+        started, graphs = time.perf_counter(), speedups.compiled_graphs()
+        try:
+            for transformer in self.transformers:
+                speedups.compile_blocks(
+                    transformer, with_cache_hook=self.preset.first_block_cache is not None
+                )
+            self._warm_up()  # torch.compile builds lazily: a missing toolchain fails here
+        except Exception as exc:  # a compile fails in many ways (C compiler, Triton, dynamo)
+            self.compile, self.compile_error = "off", speedups.one_line(exc)
+            for transformer in self.transformers:
+                speedups.uncompile(transformer)
+            memory.release_memory()
+            log.warning("compile failed, running eagerly: %s", self.compile_error)
+            return
+        self.compile = "on"
+        self.speedups.append("compile_repeated_blocks")
+        log.info(
+            "compiled and warmed up in %.1fs (%d graphs)",
+            time.perf_counter() - started,
+            speedups.compiled_graphs() - graphs,
+        )
+
+    def _warm_up(self) -> None:
+        """Run the shapes the bot makes (landscape and portrait of the preset's size), denoise
+        only, so that compiling happens at load and not in a member's job."""
+        preset = self.preset
+        width, height = preset.default_size
+        frames = snap_frames(min(preset.frames.values()), preset.frame_rule)
+        # Two steps: First Block Cache computes every block at the first step and may skip at
+        # the next, so both paths are compiled.
+        steps = min(2, len(preset.timesteps) if preset.timesteps else preset.steps)
+        for w, h in ((width, height), (height, width)):
+            plan = {
+                "seed": 0,
+                "variation_seed": None,
+                "strength": 0.0,
+                "frames": frames,
+                "width": w,
+                "height": h,
+                "image": Image.new("RGB", (w, h), (128, 128, 128)),
+            }
+            kwargs = self._call_kwargs("", None, plan, steps, None)
+            kwargs["output_type"] = "latent"  # the VAE decode is not compiled
+            try:
+                self.pipe(**kwargs)
+            finally:
+                self.pipe.maybe_free_model_hooks()  # no cache-hook state into the first clip
 
     def _enable_vae_tiling(self, on: bool) -> None:
         vae = self.pipe.vae
@@ -380,78 +330,6 @@ class VideoGenerator:
                 getattr(vae, name)()
 
     # -- generation ----------------------------------------------------------------------
-
-    def _plan(self, request: GenerationRequest) -> dict[str, Any]:
-        """Validate a request against this model; every error names the value."""
-        preset = self.preset
-        if request.preset not in (None, "", "auto", preset.name):
-            raise BadRequest(
-                f"preset {request.preset!r} was asked for but this worker serves {preset.name!r}"
-            )
-        seed = request.seed
-        if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
-            raise BadRequest(f"seed must be an integer in [0, {MAX_SEED}], not {seed!r}")
-        strength = request.variation_strength
-        if (
-            isinstance(strength, bool)
-            or not isinstance(strength, int | float)
-            or not 0.0 <= strength <= 1.0  # also false for NaN
-        ):
-            raise BadRequest(f"variation_strength must be in [0, 1], not {strength!r}")
-        vseed = request.variation_seed
-        if strength > 0 and vseed is None:
-            raise BadRequest(f"variation_strength {strength!r} needs a variation_seed")
-        if vseed is not None and (
-            isinstance(vseed, bool) or not isinstance(vseed, int) or not 0 <= vseed <= MAX_SEED
-        ):
-            raise BadRequest(f"variation_seed must be an integer in [0, {MAX_SEED}], not {vseed!r}")
-        if not isinstance(request.prompt, str):
-            raise BadRequest(f"prompt must be text, not {request.prompt!r}")
-
-        if request.num_frames is not None:
-            n = request.num_frames
-            if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-                raise BadRequest(f"num_frames must be a positive integer, not {n!r}")
-            if n > preset.max_clip_frames:
-                raise BadRequest(
-                    f"num_frames {n} is more than {preset.name} makes in one clip "
-                    f"({preset.max_clip_frames})"
-                )
-            frames = snap_frames(n, preset.frame_rule)
-            if frames > preset.max_clip_frames:  # snapped up past the cap: take the step below
-                frames -= preset.frame_rule
-        else:
-            if request.duration not in (None, *DURATIONS):
-                raise BadRequest(
-                    f"duration must be one of {', '.join(DURATIONS)}, not {request.duration!r}"
-                )
-            frames = snap_frames(preset.frames_for(request.duration), preset.frame_rule)
-        if request.degraded:
-            # About half the frames: the retry after an OOM must need clearly less memory.
-            frames = snap_frames(max(1, (frames - 1) // 2 + 1), preset.frame_rule)
-
-        try:
-            with Image.open(request.image_path) as img:
-                img.load()
-                image = img.convert("RGB")
-        except (FileNotFoundError, UnidentifiedImageError, OSError, ValueError) as exc:
-            raise BadRequest(
-                f"image_path {request.image_path!r} is not a readable image: {exc}"
-            ) from None
-        width, height = snap_size(
-            image.width, image.height, preset.pixel_budget, preset.size_multiple
-        )
-        if (width, height) != image.size:
-            image = image.resize((width, height), Image.Resampling.LANCZOS)
-        return {
-            "seed": seed,
-            "variation_seed": vseed,
-            "strength": float(strength),
-            "frames": frames,
-            "width": width,
-            "height": height,
-            "image": image,
-        }
 
     def latent_shape(self, width: int, height: int, num_frames: int) -> tuple[int, ...]:
         """Shape of the initial noise the pipeline expects for this clip size."""
@@ -492,7 +370,7 @@ class VideoGenerator:
         """Generate one clip. Raises BadRequest, GenerationCancelled or OutOfMemory."""
         started = time.perf_counter()
         preset, pipe = self.preset, self.pipe
-        plan = self._plan(request)
+        plan = plan_request(request, preset)
         width, height, frames = plan["width"], plan["height"], plan["frames"]
         total = len(preset.timesteps) if preset.timesteps else preset.steps
 
@@ -518,8 +396,14 @@ class VideoGenerator:
                     pipe.enable_model_cpu_offload(device=self.device)
                     self._offloaded = offloaded_here = with_offload = True
             # Arguments built inline: no local name keeps the noise alive after an OOM.
-            output = pipe(**self._call_kwargs(request, plan, total, on_step_end))
-        except torch.cuda.OutOfMemoryError:
+            output = pipe(
+                **self._call_kwargs(
+                    request.prompt, request.negative_prompt, plan, total, on_step_end
+                )
+            )
+        except Exception as exc:
+            if not memory.is_out_of_memory(exc):  # cuDNN/cuBLAS failures are RuntimeErrors
+                raise
             out_of_memory = True  # handled below, once the traceback's tensors are released
         finally:
             # Cache hooks (First Block Cache) and offload hooks keep per-call state; an
@@ -528,8 +412,7 @@ class VideoGenerator:
             if request.degraded:
                 self._restore_after_degraded(offloaded_here)
         if out_of_memory:
-            gc.collect()
-            torch.cuda.empty_cache()
+            memory.release_memory()
             raise OutOfMemory(
                 f"the GPU ran out of memory making {frames} frames at {width}x{height}"
                 + (" even with model CPU offload" if with_offload else "")
@@ -551,6 +434,9 @@ class VideoGenerator:
             "fps": preset.fps,
             "steps": total,
             "guidance": preset.guidance,
+            "negative_prompt": negative_prompt(
+                self.family, preset.guidance, request.negative_prompt
+            ),
             "gen_seconds": round(time.perf_counter() - started, 3),
             "degraded": bool(request.degraded),
             "device": self.device,
@@ -561,10 +447,11 @@ class VideoGenerator:
 
     def _call_kwargs(
         self,
-        request: GenerationRequest,
+        prompt: str,
+        negative: str | None,
         plan: dict[str, Any],
         total: int,
-        on_step_end: Callable[..., dict[str, Any]],
+        on_step_end: Callable[..., dict[str, Any]] | None,
     ) -> dict[str, Any]:
         """The pipeline's arguments for one clip, its initial noise included."""
         preset = self.preset
@@ -577,8 +464,8 @@ class VideoGenerator:
         )
         kwargs: dict[str, Any] = {
             "image": plan["image"],
-            "prompt": request.prompt,
-            "negative_prompt": request.negative_prompt or None,
+            "prompt": prompt,
+            "negative_prompt": negative_prompt(self.family, preset.guidance, negative),
             "height": height,
             "width": width,
             "num_frames": frames,
@@ -598,23 +485,24 @@ class VideoGenerator:
             # schedule as a list of floats does not.
             kwargs["timesteps"] = (
                 list(preset.timesteps)
-                if preset.timesteps
+                if preset.timesteps and len(preset.timesteps) == total
                 else (linear_quadratic_schedule(total) * 1000).tolist()
             )
         kwargs.update(preset.call_kwargs)
         return kwargs
 
     def _restore_after_degraded(self, offloaded_here: bool) -> None:
-        if not self.preset.offload:
+        if not self._vae_tiling:
             self._enable_vae_tiling(False)
         if offloaded_here:
             try:
                 self.pipe.remove_all_hooks()
                 self.pipe.to(self.device)
                 self._offloaded = False
-            except torch.cuda.OutOfMemoryError:
+            except Exception as exc:
+                if not memory.is_out_of_memory(exc):
+                    raise
                 # Memory is still short: stay offloaded rather than fail the next clip.
                 self.pipe.enable_model_cpu_offload(device=self.device)
-                gc.collect()
-                torch.cuda.empty_cache()
+                memory.release_memory()
                 log.warning("GPU memory still short: model CPU offload stays on")

@@ -92,6 +92,11 @@ class WorkerCore:
             "device": str(getattr(self.generator, "device", "")) or None,
             "pid": os.getpid(),
             "load_seconds": round(self.load_seconds, 3),
+            # What load() chose and what runs (a compile that failed its warm-up is "off").
+            "speedups": list(getattr(self.generator, "speedups", [])),
+            "attention_backend": getattr(self.generator, "attention_backend", None),
+            "compile": getattr(self.generator, "compile", None),
+            "compile_error": getattr(self.generator, "compile_error", None),
         }
         return info
 
