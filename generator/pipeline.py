@@ -35,6 +35,7 @@ from diffusers import LTXConditionPipeline, WanImageToVideoPipeline
 from diffusers.pipelines.ltx.pipeline_ltx_condition import linear_quadratic_schedule
 from PIL import Image, UnidentifiedImageError
 
+from generator import distill, weights
 from generator.presets import (
     DURATIONS,
     MAX_SEED,
@@ -173,7 +174,9 @@ def _local_base_preset(family: str, model_index: dict[str, Any]) -> Preset:
     if family == "wan" and model_index.get("expand_timesteps"):
         return PRESETS["wan22-5b"]
     if family == "wan":
-        return dataclasses.replace(PRESETS["wan-480p-fast"], lora=None, steps=40, guidance=5.0)
+        return dataclasses.replace(
+            PRESETS["wan-480p-fast"], loras=(), timesteps=None, flow_shift=3.0, steps=40, guidance=5.0
+        )
     return dataclasses.replace(PRESETS["ltx-fast"], timesteps=None, steps=40, guidance=3.0)
 
 
@@ -269,6 +272,12 @@ class VideoGenerator:
             raise NeedsGPU(f"device {device!r} was asked for but CUDA is not available")
         kind = "cuda" if device.startswith("cuda") else device
         preset, family, source = _resolve(model, kind, overrides)
+        if not Path(source).is_dir():
+            # A hub preset loads its pulled snapshot, never downloads inside a job.
+            try:
+                source, preset = weights.local_snapshot(preset)
+            except weights.WeightsMissing as exc:
+                raise ModelLoadError(str(exc)) from None
         report(Progress(0, 1, "load"))
 
         on_cuda = kind == "cuda"
@@ -319,6 +328,7 @@ class VideoGenerator:
                 pipe.scheduler = type(pipe.scheduler).from_config(
                     config, **{key: preset.flow_shift}
                 )
+        distill.use_trained_schedule(pipe, preset, self.family)
 
         on_cuda = self.device.startswith("cuda")
         if on_cuda and preset.offload:
@@ -327,21 +337,14 @@ class VideoGenerator:
             self._offloaded = True
         else:
             pipe.to(self.device)
+        if preset.vae_tiling:
+            self._enable_vae_tiling(True)
 
-        if preset.lora is not None:
-            lora = preset.lora
-            try:
-                pipe.load_lora_weights(
-                    lora.repo, weight_name=lora.weight_name, adapter_name=lora.adapter_name
-                )
-            except (OSError, ValueError, ImportError) as exc:
-                raise ModelLoadError(
-                    f"cannot load LoRA {lora.repo}/{lora.weight_name}: {exc}"
-                ) from exc
-            # Fused weights cost nothing per step; unloading drops the now-unused adapters.
-            pipe.fuse_lora(lora_scale=lora.scale, components=["transformer"])
-            pipe.unload_lora_weights()
-            self.lora = f"{lora.repo}/{lora.weight_name}"
+        try:
+            fused = distill.fuse_loras(pipe, preset.loras)
+        except distill.LoraLoadError as exc:
+            raise ModelLoadError(str(exc)) from exc
+        self.lora = ", ".join(fused) or None
 
         self._apply_speedups(on_cuda)
 
@@ -605,7 +608,7 @@ class VideoGenerator:
         return kwargs
 
     def _restore_after_degraded(self, offloaded_here: bool) -> None:
-        if not self.preset.offload:
+        if not (self.preset.offload or self.preset.vae_tiling):
             self._enable_vae_tiling(False)
         if offloaded_here:
             try:
