@@ -141,8 +141,7 @@ def test_a_lightx2v_layout_lora_loads_fuses_and_unloads(tiny, image, tmp_path):
 
 @pytest.mark.timeout(300)
 def test_one_lora_per_expert_fuses_into_each_transformer(tiny, image, tmp_path):
-    """Wan 2.2 A14B: the high-noise LoRA lands in `transformer`, the low-noise one in
-    `transformer_2` (load_into_transformer_2), both fused, nothing left loaded."""
+    """Wan 2.2 A14B: the high-noise LoRA fuses into `transformer`, the low-noise one into `transformer_2`."""
     base = VideoGenerator.load(str(tiny["wan22a14b"]), **LIGHTX2V)
     config = dict(base.pipe.transformer.config)
     specs = []

@@ -160,8 +160,7 @@ def _documented_drop(key: str) -> bool:
 @pytest.mark.timeout(300)
 @pytest.mark.parametrize("model", ["wan21-i2v-14b-480p", "wan22-i2v-a14b"])
 def test_lightx2v_lora_keys_all_land_on_real_modules(model, built):
-    """Every LightX2V-layout LoRA key maps onto a Linear of the real transformer, shapes
-    matching; the only keys left out are the documented `diff` ones."""
+    """Each LightX2V-layout LoRA key lands on a real Linear (shapes match) or is a documented drop."""
     from diffusers import WanTransformer3DModel
     from diffusers.loaders.lora_conversion_utils import (
         _convert_non_diffusers_wan_lora_to_diffusers,
