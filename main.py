@@ -202,7 +202,11 @@ def _models_pull(args: argparse.Namespace) -> int:
         preset = get_preset(args.name)
     except PresetError as exc:
         raise CliError(str(exc)) from None
-    print(f"pulling {preset.name}: {preset.weight_bytes() / 1e9:.1f} GB of weights", file=sys.stderr)
+    # The files keep the dtype they were stored in, so the download can be larger than the
+    # weights' size in memory.
+    print(
+        f"pulling {preset.name} from {preset.hub_id}: the files its pipeline loads", file=sys.stderr
+    )
     try:
         paths = pull(preset)  # huggingface_hub draws a progress bar per file on stderr
     except WeightsMissing as exc:

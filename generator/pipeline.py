@@ -175,7 +175,12 @@ def _local_base_preset(family: str, model_index: dict[str, Any]) -> Preset:
         return PRESETS["wan22-5b"]
     if family == "wan":
         return dataclasses.replace(
-            PRESETS["wan-480p-fast"], loras=(), timesteps=None, flow_shift=3.0, steps=40, guidance=5.0
+            PRESETS["wan-480p-fast"],
+            loras=(),
+            timesteps=None,
+            flow_shift=3.0,
+            steps=40,
+            guidance=5.0,
         )
     return dataclasses.replace(PRESETS["ltx-fast"], timesteps=None, steps=40, guidance=3.0)
 

@@ -71,7 +71,9 @@ def test_lightx2v_schedule_is_what_the_scheduler_samples():
     for name in ("wan-480p-fast", "wan22-a14b-480p", "wan22-a14b-720p"):
         preset = PRESETS[name]
         assert (preset.flow_shift, preset.timesteps, preset.guidance) == (
-            5.0, (1000.0, 750.0, 500.0, 250.0), 1.0
+            5.0,
+            (1000.0, 750.0, 500.0, 250.0),
+            1.0,
         )
         scheduler = FixedSchedule.for_preset(preset)
         scheduler.set_timesteps(4)
@@ -149,9 +151,10 @@ def test_one_lora_per_expert_fuses_into_each_transformer(tiny, image, tmp_path):
         state = lightx2v_lora(config, rank=2, device="cpu", svd_min_params=0, seed=seed, scale=0.05)
         spec = _save(state, tmp_path / name, f"{name}_noise.safetensors")
         specs.append({**spec, "component": component, "adapter_name": f"distill_{name}"})
-        expected = state["diffusion_model.blocks.0.ffn.0.lora_up.weight"] @ state[
-            "diffusion_model.blocks.0.ffn.0.lora_down.weight"
-        ]
+        expected = (
+            state["diffusion_model.blocks.0.ffn.0.lora_up.weight"]
+            @ state["diffusion_model.blocks.0.ffn.0.lora_down.weight"]
+        )
         specs[-1]["_expected"] = expected
     loras = [{k: v for k, v in s.items() if k != "_expected"} for s in specs]
     gen = VideoGenerator.load(str(tiny["wan22a14b"]), **LIGHTX2V, lora=loras)
@@ -254,29 +257,47 @@ def test_only_the_files_the_pipeline_loads_are_pulled():
     }
     shards = [f"diffusion_pytorch_model-0000{i}-of-00002.safetensors" for i in (1, 2)]
     listing = [
-        "model_index.json", "README.md", "Wan2.1_VAE.pth", "models_t5_umt5-xxl-enc-bf16.pth",
-        "transformer/config.json", "transformer/diffusion_pytorch_model.safetensors.index.json",
-        *(f"transformer/{s}" for s in shards), "transformer/diffusion_pytorch_model-old.safetensors",
-        "text_encoder/config.json", "text_encoder/model.safetensors",
+        "model_index.json",
+        "README.md",
+        "Wan2.1_VAE.pth",
+        "models_t5_umt5-xxl-enc-bf16.pth",
+        "transformer/config.json",
+        "transformer/diffusion_pytorch_model.safetensors.index.json",
+        *(f"transformer/{s}" for s in shards),
+        "transformer/diffusion_pytorch_model-old.safetensors",
+        "text_encoder/config.json",
+        "text_encoder/model.safetensors",
         "text_encoder/model.fp16.safetensors",
-        "tokenizer/tokenizer.json", "tokenizer/spiece.model", "tokenizer/tokenizer_config.json",
+        "tokenizer/tokenizer.json",
+        "tokenizer/spiece.model",
+        "tokenizer/tokenizer_config.json",
         "scheduler/scheduler_config.json",
-        "vae/config.json", "vae/diffusion_pytorch_model.safetensors",
+        "vae/config.json",
+        "vae/diffusion_pytorch_model.safetensors",
     ]
     index = {"weight_map": {"a.weight": shards[0], "b.weight": shards[1], "c.weight": shards[1]}}
     needed = weights.needed_files(model_index, listing, lambda f: index)
-    assert needed == sorted([
-        "model_index.json",
-        "transformer/config.json", "transformer/diffusion_pytorch_model.safetensors.index.json",
-        *(f"transformer/{s}" for s in shards),
-        "text_encoder/config.json", "text_encoder/model.safetensors",
-        "tokenizer/tokenizer.json", "tokenizer/spiece.model", "tokenizer/tokenizer_config.json",
-        "scheduler/scheduler_config.json",
-        "vae/config.json", "vae/diffusion_pytorch_model.safetensors",
-    ])
+    assert needed == sorted(
+        [
+            "model_index.json",
+            "transformer/config.json",
+            "transformer/diffusion_pytorch_model.safetensors.index.json",
+            *(f"transformer/{s}" for s in shards),
+            "text_encoder/config.json",
+            "text_encoder/model.safetensors",
+            "tokenizer/tokenizer.json",
+            "tokenizer/spiece.model",
+            "tokenizer/tokenizer_config.json",
+            "scheduler/scheduler_config.json",
+            "vae/config.json",
+            "vae/diffusion_pytorch_model.safetensors",
+        ]
+    )
     # A model folder with only variant weights cannot load as is: reported, not skipped.
     variant_only = [f for f in listing if f != "text_encoder/model.safetensors"]
-    assert "text_encoder/*.safetensors" in weights.needed_files(model_index, variant_only, lambda f: index)
+    assert "text_encoder/*.safetensors" in weights.needed_files(
+        model_index, variant_only, lambda f: index
+    )
 
 
 @pytest.mark.timeout(300)
@@ -285,7 +306,8 @@ def test_a_half_pull_is_not_cached_and_a_full_one_loads_offline(tiny, image, tmp
     cache = tmp_path / "hub"
     preset, files = _hub_preset(tiny["wan21"], "lora.safetensors")
     assert weights.missing(preset, cache_dir=str(cache)) == [
-        "zoetrope-test/tiny-wan21/model_index.json", "zoetrope-test/loras/sub/lora.safetensors"
+        "zoetrope-test/tiny-wan21/model_index.json",
+        "zoetrope-test/loras/sub/lora.safetensors",
     ]
     # A pull that stopped after the small files: configs, no weights.
     small = {k: v for k, v in files.items() if not k.endswith(".safetensors")}
@@ -293,11 +315,15 @@ def test_a_half_pull_is_not_cached_and_a_full_one_loads_offline(tiny, image, tmp
     gaps = weights.missing(preset, cache_dir=str(cache))
     assert "zoetrope-test/tiny-wan21/transformer/*.safetensors" in gaps
     assert not weights.weights_cached(preset, cache_dir=str(cache))
-    with pytest.raises(weights.WeightsMissing, match="run `python main.py models pull wan-480p-fast`"):
+    with pytest.raises(
+        weights.WeightsMissing, match="run `python main.py models pull wan-480p-fast`"
+    ):
         weights.local_snapshot(preset, cache_dir=str(cache))
 
     snapshot = _add_to_cache(cache, preset.hub_id, files)
-    assert weights.missing(preset, cache_dir=str(cache)) == ["zoetrope-test/loras/sub/lora.safetensors"]
+    assert weights.missing(preset, cache_dir=str(cache)) == [
+        "zoetrope-test/loras/sub/lora.safetensors"
+    ]
     gen = VideoGenerator.load(str(tiny["wan21"]))
     lora_file = tmp_path / "lora.safetensors"
     name = "blocks.0.attn1.to_q"
@@ -334,7 +360,11 @@ def test_worker_with_nothing_pulled_says_which_pull_to_run(tmp_path):
     args = ["worker", "--redis", "redis://127.0.0.1:1/0", "--preset", "ltx-fast"]
     result = subprocess.run(
         [sys.executable, str(ROOT / "main.py"), *args],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=100,
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=100,
     )
     assert result.returncode == 2, result.stderr
     assert "run `python main.py models pull ltx-fast`" in result.stderr

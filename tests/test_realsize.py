@@ -49,7 +49,9 @@ def test_parameter_counts_are_the_real_models(preset, built):
     """The exact counts behind each preset's weight bytes equal the meta-device builds."""
     counts = {c: realsize.parameter_count(m) for c, m in built[preset.configs].items()}
     assert counts == dict(preset.params)
-    assert all(p.device.type == "meta" for m in built[preset.configs].values() for p in m.parameters())
+    assert all(
+        p.device.type == "meta" for m in built[preset.configs].values() for p in m.parameters()
+    )
 
 
 def test_memory_needs_follow_from_the_weights():
@@ -120,12 +122,29 @@ def test_variation_noise_has_the_shape_prepare_latents_makes(name, size, frames,
         ours = torch.empty(shape, device="meta")
         # Upstream checks a given latents tensor against its own shape and raises otherwise.
         packed, *_ = pipe.prepare_latents(
-            [], [], [], 1, parts["transformer"].config.in_channels, height, width, frames,
-            latents=ours, device="meta", dtype=torch.float32,
+            [],
+            [],
+            [],
+            1,
+            parts["transformer"].config.in_channels,
+            height,
+            width,
+            frames,
+            latents=ours,
+            device="meta",
+            dtype=torch.float32,
         )
         own, *_ = pipe.prepare_latents(
-            [], [], [], 1, parts["transformer"].config.in_channels, height, width, frames,
-            device="meta", dtype=torch.float32,
+            [],
+            [],
+            [],
+            1,
+            parts["transformer"].config.in_channels,
+            height,
+            width,
+            frames,
+            device="meta",
+            dtype=torch.float32,
         )
         assert packed.shape == own.shape
         assert own.shape[1] == math.prod(shape[2:])  # packed: one token per latent voxel
@@ -136,8 +155,14 @@ def test_variation_noise_has_the_shape_prepare_latents_makes(name, size, frames,
     )
     image = torch.empty((1, 3, height, width), device="meta")
     own = pipe.prepare_latents(
-        image, 1, parts["vae"].config.z_dim, height, width, frames,
-        dtype=torch.float32, device="meta",
+        image,
+        1,
+        parts["vae"].config.z_dim,
+        height,
+        width,
+        frames,
+        dtype=torch.float32,
+        device="meta",
     )[0]
     assert tuple(own.shape) == shape
 
@@ -199,7 +224,9 @@ def test_lightx2v_lora_keys_all_land_on_real_modules(model, built):
     if config.get("image_dim"):
         assert sum(k.endswith("attn2.add_k_proj.lora_A.weight") for k in converted) == layers
     # What is dropped, by kind: nothing else than the documented keys.
-    kinds = {re.sub(r"blocks\.\d+\.", "blocks.*.", k.removeprefix("diffusion_model.")) for k in dropped}
+    kinds = {
+        re.sub(r"blocks\.\d+\.", "blocks.*.", k.removeprefix("diffusion_model.")) for k in dropped
+    }
     expected = {"patch_embedding.diff", "patch_embedding.diff_b", "head.diff_m", "blocks.*.diff_m"}
     expected |= {f"blocks.*.{a}.norm_{q}.diff" for a in ("self_attn", "cross_attn") for q in "qk"}
     expected |= {"blocks.*.norm3.diff", "blocks.*.norm3.diff_b"}
