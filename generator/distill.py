@@ -84,7 +84,6 @@ def fuse_loras(pipe: Any, loras: tuple[LoraSpec, ...]) -> list[str]:
     if not loras:
         return []
     loaded: list[str] = []
-    components: list[str] = []
     for lora in loras:
         if getattr(pipe, lora.component, None) is None:
             raise LoraLoadError(
@@ -100,19 +99,11 @@ def fuse_loras(pipe: Any, loras: tuple[LoraSpec, ...]) -> list[str]:
         except (OSError, ValueError, KeyError, ImportError) as exc:
             raise LoraLoadError(f"cannot load LoRA {lora.repo}/{lora.weight_name}: {exc}") from exc
         loaded.append(f"{lora.repo}/{lora.weight_name}")
-        if lora.component not in components:
-            components.append(lora.component)
-    scales = {lora.scale for lora in loras}
-    if len(scales) == 1:
-        pipe.fuse_lora(lora_scale=scales.pop(), components=components)
-    else:
-        # Different scales: fuse adapter by adapter, each with its own.
-        for lora in loras:
-            pipe.fuse_lora(
-                lora_scale=lora.scale,
-                components=[lora.component],
-                adapter_names=[lora.adapter_name],
-            )
+    # Adapter by adapter: each expert's LoRA may have its own scale.
+    for lora in loras:
+        pipe.fuse_lora(
+            lora_scale=lora.scale, components=[lora.component], adapter_names=[lora.adapter_name]
+        )
     pipe.unload_lora_weights()
     log.info("fused %s", ", ".join(loaded))
     return loaded
