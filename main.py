@@ -174,27 +174,47 @@ async def _animate(args: argparse.Namespace) -> int:
 
 
 def _models_list(_: argparse.Namespace) -> int:
-    from generator.presets import PRESETS, weights_cached
+    from generator.presets import GIB, PRESETS
+    from generator.weights import weights_cached
 
-    print(f"{'preset':<16} {'VRAM':>6}  {'size':<9} {'fps':>3}  {'cached':<6}  hub id")
+    # need: free GPU memory with everything resident (weights from the real configs plus an
+    # activation estimate); weights: what `models pull` stores for it.
+    print(
+        f"{'preset':<16} {'need':>6}  {'size':<9} {'fps':>3}  {'cached':<6}  "
+        f"{'weights':>7}  {'offload':>7}  hub id"
+    )
     for preset in PRESETS.values():
         cached = "yes" if weights_cached(preset) else "no"
         size = "{}x{}".format(*preset.default_size)
+        auto = "" if preset.auto else "  (by name only)"
         print(
             f"{preset.name:<16} {preset.vram_gb:>4.0f}GB  {size:<9} {preset.fps:>3}  {cached:<6}  "
-            f"{preset.hub_id}"
+            f"{preset.weight_bytes() / GIB:>5.1f}GB  {preset.offload_vram_gb:>5.0f}GB  "
+            f"{preset.hub_id}{auto}"
         )
     return 0
 
 
 def _models_pull(args: argparse.Namespace) -> int:
-    from generator.presets import PresetError, get_preset, pull_weights
+    from generator.presets import PresetError, get_preset
+    from generator.weights import WeightsMissing, pull
 
     try:
         preset = get_preset(args.name)
     except PresetError as exc:
         raise CliError(str(exc)) from None
-    for path in pull_weights(preset):
+    # The files keep the dtype they were stored in, so the download can be larger than the
+    # weights' size in memory.
+    print(
+        f"pulling {preset.name} from {preset.hub_id}: the files its pipeline loads", file=sys.stderr
+    )
+    try:
+        paths = pull(preset)  # huggingface_hub draws a progress bar per file on stderr
+    except WeightsMissing as exc:
+        raise CliError(str(exc)) from None
+    except OSError as exc:  # network errors, disk full, a gated or missing repo
+        raise CliError(f"cannot pull {preset.name}: {exc}") from None
+    for path in paths:
         print(path)
     return 0
 
@@ -216,6 +236,17 @@ def _worker(args: argparse.Namespace) -> int:
     if not args.redis.startswith(("redis://", "rediss://", "unix://")):
         raise CliError(f"--redis {args.redis}: expected redis://[:password@]host:port/db")
     model = _model_argument(args)
+    if args.model is None and model != "auto":
+        from generator.presets import get_preset
+        from generator.weights import WeightsMissing, local_snapshot
+
+        try:
+            local_snapshot(get_preset(model))
+        except WeightsMissing as exc:
+            raise CliError(str(exc)) from None
+    # Weights come from `models pull` only: the worker loads the cached folders and never
+    # reaches the hub (a download inside a job would hit the start timeout).
+    os.environ["HF_HUB_OFFLINE"] = "1"
     return run_redis_worker(args.redis, model=model, slots=args.slots, device=args.device)
 
 

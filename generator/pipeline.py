@@ -29,6 +29,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -37,7 +38,7 @@ from diffusers import LTXConditionPipeline, WanImageToVideoPipeline
 from diffusers.pipelines.ltx.pipeline_ltx_condition import linear_quadratic_schedule
 from PIL import Image
 
-from generator import speedups
+from generator import distill, speedups, weights
 from generator.plan import BadRequest, negative_prompt, plan_request, slerp
 from generator.presets import NeedsGPU, Preset, snap_frames
 from generator.protocol import GenerationRequest, Progress
@@ -157,6 +158,12 @@ class VideoGenerator:
         if device.startswith("cuda") and not torch.cuda.is_available():
             raise NeedsGPU(f"device {device!r} was asked for but CUDA is not available")
         preset, family, source = resolve(model, device, overrides)
+        if not Path(source).is_dir():
+            # A hub preset loads its pulled snapshot, never downloads inside a job.
+            try:
+                source, preset = weights.local_snapshot(preset)
+            except weights.WeightsMissing as exc:
+                raise ModelLoadError(str(exc)) from None
         report(Progress(0, 1, "load"))
 
         on_cuda = device.startswith("cuda")
@@ -219,10 +226,11 @@ class VideoGenerator:
                 pipe.scheduler = type(pipe.scheduler).from_config(
                     config, **{key: preset.flow_shift}
                 )
+        distill.use_trained_schedule(pipe, preset, self.family)
 
         # LTX decodes with VAE tiling on, as diffusers' LTX-Video docs do in their 0.9.7 and
         # 0.9.8 distilled examples (`pipeline.vae.enable_tiling()`).
-        self._vae_tiling = self.family == "ltx"
+        self._vae_tiling = preset.vae_tiling or self.family == "ltx"
         on_cuda = self.device.startswith("cuda")
         if on_cuda and preset.offload:
             pipe.enable_model_cpu_offload(device=self.device)
@@ -233,20 +241,11 @@ class VideoGenerator:
             self._enable_vae_tiling(True)
             self.speedups.append("vae_tiling")
 
-        if preset.lora is not None:
-            lora = preset.lora
-            try:
-                pipe.load_lora_weights(
-                    lora.repo, weight_name=lora.weight_name, adapter_name=lora.adapter_name
-                )
-            except (OSError, ValueError, ImportError) as exc:
-                raise ModelLoadError(
-                    f"cannot load LoRA {lora.repo}/{lora.weight_name}: {exc}"
-                ) from exc
-            # Fused weights cost nothing per step; unloading drops the now-unused adapters.
-            pipe.fuse_lora(lora_scale=lora.scale, components=["transformer"])
-            pipe.unload_lora_weights()
-            self.lora = f"{lora.repo}/{lora.weight_name}"
+        try:
+            fused = distill.fuse_loras(pipe, preset.loras)
+        except distill.LoraLoadError as exc:
+            raise ModelLoadError(str(exc)) from exc
+        self.lora = ", ".join(fused) or None
 
         self._apply_speedups()
 

@@ -32,12 +32,19 @@ class NeedsGPU(RuntimeError):
 
 @dataclass(frozen=True, slots=True)
 class LoraSpec:
-    """A LoRA fused into the transformer at load time (e.g. a step-distillation LoRA)."""
+    """A LoRA fused into one transformer at load time (e.g. a step-distillation LoRA)."""
 
     repo: str  # hub id, or a local folder that holds `weight_name`
     weight_name: str
     scale: float = 1.0
     adapter_name: str = "distill"
+    # Which transformer it belongs to: Wan 2.2 A14B has two experts, "transformer" (high
+    # noise) and "transformer_2" (low noise), each with its own distillation LoRA.
+    component: str = "transformer"
+
+
+# Bytes per parameter of each dtype name.
+DTYPE_BYTES = {"bfloat16": 2, "float16": 2, "float32": 4}
 
 
 @dataclass(frozen=True)
@@ -57,11 +64,20 @@ class Preset:
     fps: int
     steps: int
     guidance: float
-    vram_gb: float  # approximate free GPU memory needed with everything resident
-    offload_vram_gb: float  # approximate need with model CPU offload and VAE tiling
-    lora: LoraSpec | None = None
-    flow_shift: float | None = None  # scheduler shift (flow matching); None: the folder's
-    timesteps: tuple[float, ...] | None = None  # custom schedule (distilled LTX); len == steps
+    # Exact parameter count per component, from the published configs built on the meta
+    # device (generator/configs/<configs>/; tests/test_realsize.py checks every figure).
+    params: Mapping[str, int] = field(default_factory=dict)
+    # Activations, VAE decode and CUDA workspace on top of the weights: an ESTIMATE until
+    # bench/gpu_check.py measures the peak on a real GPU (then BENCHMARKS.md has the figure).
+    headroom_gb: float = 0.0
+    configs: str | None = None  # folder under generator/configs with the real configs
+    loras: tuple[LoraSpec, ...] = ()
+    # Scheduler shift (flow matching); None: the folder's own.
+    flow_shift: float | None = None
+    # A distilled model's own schedule on the 0..1000 grid, len == steps. LTX gets it as the
+    # pipeline's `timesteps`; Wan samples Euler on sigmas t/1000, shifted by `flow_shift`
+    # (LightX2V's step-distill scheduler does exactly this).
+    timesteps: tuple[float, ...] | None = None
     call_kwargs: Mapping[str, Any] = field(default_factory=dict)  # extra pipeline arguments
     dtype: str = "bfloat16"  # default dtype of every component on CUDA
     # Per-component dtypes that differ from `dtype` (on CUDA; on CPU everything is float32).
@@ -70,7 +86,9 @@ class Preset:
     compile_repeated_blocks: bool = False
     first_block_cache: float | None = None  # threshold, or None for off
     attention_backend: str | None = None  # diffusers attention backend name, or None (SDPA)
+    vae_tiling: bool = False  # decode in tiles from the start (LTX's docs do)
     offload: bool = False  # model CPU offload from the start (set by choose_auto when tight)
+    auto: bool = True  # whether `auto` may pick it (else only by name)
     reference_size: tuple[int, int] = (16, 9)  # the model's native landscape shape, for display
 
     @property
@@ -85,49 +103,152 @@ class Preset:
             raise PresetError(f"duration must be one of {', '.join(DURATIONS)}, not {duration!r}")
         return self.frames[key]
 
+    def weight_bytes(self, component: str | None = None) -> int:
+        """Bytes of the weights on CUDA (one component, or all), from the exact counts."""
+        names = self.params if component is None else {component: self.params[component]}
+        return sum(
+            n * DTYPE_BYTES[self.component_dtypes.get(name, self.dtype)]
+            for name, n in names.items()
+        )
 
-# Wan 2.1 I2V 14B 480P, verified: `Wan-AI/Wan2.1-I2V-14B-480P-Diffusers` with
-# `WanImageToVideoPipeline` (diffusers docs and pipeline_wan_i2v.py). The LightX2V
-# CFG + step distillation LoRA, verified in Kijai/WanVideo_comfy's file list:
-# `Lightx2v/lightx2v_I2V_14B_480p_cfg_step_distill_rank64_bf16.safetensors` (738 MB), made for
-# 4 steps at guidance 1.0. Wan's VAE and CLIP image encoder stay in float32 (decoding quality).
-_WAN_480P_FAST = Preset(
-    name="wan-480p-fast",
-    hub_id="Wan-AI/Wan2.1-I2V-14B-480P-Diffusers",
+    @property
+    def vram_gb(self) -> float:
+        """GiB of free GPU memory needed with everything resident: weights + headroom."""
+        return self.weight_bytes() / GIB + self.headroom_gb
+
+    @property
+    def offload_vram_gb(self) -> float:
+        """GiB needed with model CPU offload: the largest component at a time + headroom."""
+        largest = max((self.weight_bytes(c) for c in self.params), default=0)
+        return largest / GIB + self.headroom_gb
+
+
+# Exact parameter counts (generator/configs, built on the meta device; checked by
+# tests/test_realsize.py). The text encoder and VAE of the Wan models are the same files.
+_UMT5_XXL = 5_680_910_336  # google/umt5-xxl encoder
+_WAN21_VAE = 126_892_531
+_WAN21_I2V_PARAMS = {
+    "transformer": 16_394_878_784,
+    "text_encoder": _UMT5_XXL,
+    "image_encoder": 632_076_800,  # CLIP ViT-H/14 vision tower + projection
+    "vae": _WAN21_VAE,
+}
+_WAN22_A14B_PARAMS = {
+    "transformer": 14_288_901_184,  # high-noise expert
+    "transformer_2": 14_288_901_184,  # low-noise expert
+    "text_encoder": _UMT5_XXL,
+    "vae": _WAN21_VAE,
+}
+_LTX_13B_PARAMS = {
+    "transformer": 13_042_569_344,
+    "text_encoder": 4_762_310_656,  # google/t5-v1_1-xxl encoder
+    "vae": 1_246_913_522,
+}
+_WAN22_5B_PARAMS = {"transformer": 4_999_787_712, "text_encoder": _UMT5_XXL, "vae": 704_688_668}
+
+# LightX2V's Wan step distillation, read in ModelTC/LightX2V (commit f8aee98):
+# configs/distill/wan21/wan_i2v_distill_lora_4step_cfg.json and
+# configs/distill/wan22/wan_moe_i2v_distill_with_lora.json both say "sample_shift": 5,
+# "denoising_step_list": [1000, 750, 500, 250], "enable_cfg": false (guidance 1), whatever the
+# resolution. Their scheduler (lightx2v/models/schedulers/wan/step_distill/scheduler.py) takes
+# sigma = t/1000, shifts it by 5 and steps Euler to the next sigma (the last to 0).
+_LIGHTX2V_SHIFT = 5.0
+_LIGHTX2V_STEPS = (1000.0, 750.0, 500.0, 250.0)
+# Wan 2.2 A14B: LightX2V runs steps 0-1 on the high-noise expert ("boundary_step_index": 2).
+# Shifted, the steps are t = 1000, 937.5, 833.3, 625; the diffusers folder's boundary_ratio 0.9
+# (scripts/convert_wan_to_diffusers.py) switches experts below t = 900: the same split.
+_LIGHTX2V_WAN22_LORAS = (
+    # The LoRA files LightX2V's own configs name in its hub repo (the "_1022" release).
+    LoraSpec(
+        repo="lightx2v/Wan2.2-Distill-Loras",
+        weight_name="wan2.2_i2v_A14b_high_noise_lora_rank64_lightx2v_4step_1022.safetensors",
+        adapter_name="distill_high",
+        component="transformer",
+    ),
+    LoraSpec(
+        repo="lightx2v/Wan2.2-Distill-Loras",
+        weight_name="wan2.2_i2v_A14b_low_noise_lora_rank64_lightx2v_4step_1022.safetensors",
+        adapter_name="distill_low",
+        component="transformer_2",
+    ),
+)
+
+# Wan 2.2 I2V A14B, verified: `Wan-AI/Wan2.2-I2V-A14B-Diffusers` with `WanImageToVideoPipeline`
+# (diffusers docs api/pipelines/wan.md; two transformers, boundary_ratio 0.9, no CLIP image
+# encoder). Its LightX2V 4-step LoRAs go one into each expert (see above). diffusers 0.42's
+# `_convert_non_diffusers_wan_lora_to_diffusers` reads their key layout (tests/test_realsize.py).
+_WAN22_A14B_480P = Preset(
+    name="wan22-a14b-480p",
+    hub_id="Wan-AI/Wan2.2-I2V-A14B-Diffusers",
     pipeline_class="WanImageToVideoPipeline",
-    description="Wan 2.1 I2V 14B at 480p with the LightX2V 4-step LoRA: best motion, 5 s clips.",
+    description="Wan 2.2 I2V A14B (two experts) at 480p, LightX2V 4 steps: best quality per second.",
     pixel_budget=832 * 480,
     reference_size=(832, 480),
     size_multiple=16,
     frame_rule=4,
-    # Wan 2.1 was trained on 81 frames: "long" stays at 81, longer clips come from extend.
+    # Wan was trained on 81 frames: "long" stays at 81, longer clips come from extend.
     frames={"short": 49, "standard": 81, "long": 81},
     max_clip_frames=81,
     max_frames=241,
     fps=16,
     steps=4,
     guidance=1.0,
-    vram_gb=56,
-    offload_vram_gb=40,
-    lora=LoraSpec(
-        repo="Kijai/WanVideo_comfy",
-        weight_name="Lightx2v/lightx2v_I2V_14B_480p_cfg_step_distill_rank64_bf16.safetensors",
-    ),
-    flow_shift=3.0,
-    component_dtypes={"vae": "float32", "image_encoder": "float32"},
+    params=_WAN22_A14B_PARAMS,
+    headroom_gb=12.0,  # estimate: 81 frames at 832x480, VAE decode untiled
+    configs="wan22-i2v-a14b",
+    loras=_LIGHTX2V_WAN22_LORAS,
+    flow_shift=_LIGHTX2V_SHIFT,
+    timesteps=_LIGHTX2V_STEPS,
+    component_dtypes={"vae": "float32"},
     compile_repeated_blocks=True,
 )
 
-# LTX-Video 0.9.7 distilled (13B transformer), verified: the diffusers LTX docs load
-# `Lightricks/LTX-Video-0.9.7-distilled` with `LTXConditionPipeline` and give its schedule
-# (guidance 1.0, these 8 timesteps, decode_timestep 0.05, decode_noise_scale 0.025,
-# image_cond_noise_scale 0.0). No 2B distilled checkpoint in diffusers format could be
-# verified, so this preset needs more memory than DESIGN.md's 12-24 GB estimate.
+# The same model at 720p (1280x720, LightX2V's own target size for these LoRAs). About 2.3x
+# the pixels of 480p and slower per clip, so `auto` leaves it to be picked by name.
+_WAN22_A14B_720P = dataclasses.replace(
+    _WAN22_A14B_480P,
+    name="wan22-a14b-720p",
+    description="Wan 2.2 I2V A14B (two experts) at 720p, LightX2V 4 steps: sharpest, slower.",
+    pixel_budget=1280 * 720,
+    reference_size=(1280, 720),
+    headroom_gb=20.0,  # estimate: 81 frames at 1280x720 (2.3x the 480p tokens)
+    auto=False,
+)
+
+# Wan 2.1 I2V 14B 480P, verified: `Wan-AI/Wan2.1-I2V-14B-480P-Diffusers` with
+# `WanImageToVideoPipeline` (diffusers docs and pipeline_wan_i2v.py). The distiller's own LoRA:
+# LightX2V's configs/distill/wan21/wan_i2v_distill_lora_4step_cfg.json names
+# `lightx2v/Wan2.1-Distill-Loras/wan2.1_i2v_lora_rank64_lightx2v_4step.safetensors`; its
+# schedule is LightX2V's shift 5 on 1000/750/500/250 (above), not Wan's base 480p shift 3.
+# Wan's VAE and CLIP image encoder stay in float32 (decoding quality).
+_WAN_480P_FAST = dataclasses.replace(
+    _WAN22_A14B_480P,  # same sizes, frames and LightX2V schedule
+    name="wan-480p-fast",
+    hub_id="Wan-AI/Wan2.1-I2V-14B-480P-Diffusers",
+    description="Wan 2.1 I2V 14B at 480p with the LightX2V 4-step LoRA: strong motion, 5 s clips.",
+    params=_WAN21_I2V_PARAMS,
+    configs="wan21-i2v-14b-480p",
+    loras=(
+        LoraSpec(
+            repo="lightx2v/Wan2.1-Distill-Loras",
+            weight_name="wan2.1_i2v_lora_rank64_lightx2v_4step.safetensors",
+        ),
+    ),
+    component_dtypes={"vae": "float32", "image_encoder": "float32"},
+)
+
+# LTX-Video 0.9.8 13B distilled, verified: the diffusers LTX docs (api/pipelines/ltx_video.md)
+# load `Lightricks/LTX-Video-0.9.8-13B-distilled` with `LTXConditionPipeline`, turn on VAE
+# tiling, and sample it like 0.9.7 distilled: guidance 1.0, these 8 timesteps,
+# decode_timestep 0.05, decode_noise_scale 0.025, image_cond_noise_scale 0.0 (Lightricks'
+# configs/ltxv-13b-0.9.8-distilled.yaml has the same first 7 steps and decode settings).
+# No smaller distilled LTX checkpoint in diffusers folder form could be verified: the
+# ltxv-2b-0.9.8-distilled weights exist only as a single LTX-format file.
 _LTX_FAST = Preset(
     name="ltx-fast",
-    hub_id="Lightricks/LTX-Video-0.9.7-distilled",
+    hub_id="Lightricks/LTX-Video-0.9.8-13B-distilled",
     pipeline_class="LTXConditionPipeline",
-    description="LTX-Video 0.9.7 distilled at 768x512, 8 steps: the quickest clips.",
+    description="LTX-Video 0.9.8 13B distilled at 768x512, 8 steps: the quickest clips.",
     pixel_budget=768 * 512,
     reference_size=(768, 512),
     size_multiple=32,
@@ -138,8 +259,9 @@ _LTX_FAST = Preset(
     fps=24,
     steps=8,
     guidance=1.0,
-    vram_gb=40,
-    offload_vram_gb=30,
+    params=_LTX_13B_PARAMS,
+    headroom_gb=6.0,  # estimate: 97 frames at 768x512, VAE decode tiled
+    configs="ltx-0.9.8-13b",
     timesteps=(1000.0, 993.0, 987.0, 981.0, 975.0, 909.0, 725.0, 0.03),
     call_kwargs={
         "decode_timestep": 0.05,
@@ -147,6 +269,7 @@ _LTX_FAST = Preset(
         "image_cond_noise_scale": 0.0,
     },
     compile_repeated_blocks=True,
+    vae_tiling=True,
 )
 
 # Wan 2.2 TI2V 5B, verified: `Wan-AI/Wan2.2-TI2V-5B-Diffusers` runs image-to-video through
@@ -154,6 +277,9 @@ _LTX_FAST = Preset(
 # the first latent frame is the image, no CLIP encoder). Its VAE has z_dim 48 and a 16x spatial
 # stride, the transformer a 2x2 patch: sizes are multiples of 32. 720p (1280x704), 121 frames at
 # 24 fps, 50 steps, guidance 5.0, flow shift 5.0 per Wan's own TI2V-5B settings.
+# Kept as the <= 32 GB tier until a step-distilled model replaces it: HunyuanVideo-1.5's 480p
+# I2V step-distilled folder (hunyuanvideo-community/HunyuanVideo-1.5-Diffusers-480p_i2v_step_distilled,
+# diffusers PR #12802) is verified, but its pipeline family is not wired into pipeline.py yet.
 _WAN22_5B = Preset(
     name="wan22-5b",
     hub_id="Wan-AI/Wan2.2-TI2V-5B-Diffusers",
@@ -169,16 +295,18 @@ _WAN22_5B = Preset(
     fps=24,
     steps=50,
     guidance=5.0,
-    vram_gb=32,
-    offload_vram_gb=24,
+    params=_WAN22_5B_PARAMS,
+    headroom_gb=10.0,  # estimate: 121 frames at 1280x704, VAE decode untiled
+    configs="wan22-ti2v-5b",
     flow_shift=5.0,
     component_dtypes={"vae": "float32"},
     # 50 steps with CFG: skipping near-identical transformer passes pays here.
     first_block_cache=0.05,
 )
 
-# Best first: `choose_auto` walks this order.
-PRESETS: dict[str, Preset] = {p.name: p for p in (_WAN_480P_FAST, _LTX_FAST, _WAN22_5B)}
+PRESETS: dict[str, Preset] = {
+    p.name: p for p in (_WAN22_A14B_480P, _WAN22_A14B_720P, _WAN_480P_FAST, _LTX_FAST, _WAN22_5B)
+}
 
 
 def get_preset(name: str) -> Preset:
@@ -192,27 +320,46 @@ def get_preset(name: str) -> Preset:
         ) from None
 
 
-def choose_auto(free_vram_bytes: int | None) -> Preset:
-    """The best preset that fits `free_vram_bytes` of free GPU memory.
+def auto_order() -> list[Preset]:
+    """The presets `auto` may pick, best first: the largest measured need first.
 
-    Tries every preset fully resident first, then with model CPU offload (returned with
-    `offload=True`). None means there is no CUDA GPU.
+    The line-up is built so that a larger need buys a better clip; ties keep PRESETS' order.
+    """
+    candidates = [p for p in PRESETS.values() if p.auto]
+    return sorted(candidates, key=lambda p: -p.vram_gb)
+
+
+def choose_auto(free_vram_bytes: int | None, *, copies: int = 1) -> Preset:
+    """The best preset that fits `free_vram_bytes` of free GPU memory, `copies` times over.
+
+    Tries every preset fully resident first, then (for one copy) with model CPU offload
+    (returned with `offload=True`): offloaded copies would share one PCIe link and host
+    memory, so several copies are only ever resident. None means there is no CUDA GPU.
     """
     if free_vram_bytes is None:
         raise NeedsGPU(
             "generation needs a CUDA GPU: no GPU was found. Pass a local diffusers folder "
             "(--model DIR) to run a small model on the CPU."
         )
-    for preset in PRESETS.values():
-        if preset.vram_gb * GIB <= free_vram_bytes:
+    if isinstance(copies, bool) or not isinstance(copies, int) or copies < 1:
+        raise PresetError(f"copies must be a positive integer, not {copies!r}")
+    order = auto_order()
+    for preset in order:
+        if copies * preset.vram_gb * GIB <= free_vram_bytes:
             return preset
-    for preset in PRESETS.values():
-        if preset.offload_vram_gb * GIB <= free_vram_bytes:
-            return dataclasses.replace(preset, offload=True)
-    smallest = min(p.offload_vram_gb for p in PRESETS.values())
+    if copies == 1:
+        for preset in order:
+            if preset.offload_vram_gb * GIB <= free_vram_bytes:
+                return dataclasses.replace(preset, offload=True)
+        smallest = min(p.offload_vram_gb for p in order)
+        raise NeedsGPU(
+            f"the GPU has {free_vram_bytes / GIB:.1f} GiB free; the smallest preset needs about "
+            f"{smallest:.0f} GiB. Free GPU memory or pass a local model folder (--model DIR)."
+        )
+    smallest = min(p.vram_gb for p in order)
     raise NeedsGPU(
-        f"the GPU has {free_vram_bytes / GIB:.1f} GiB free; the smallest preset needs about "
-        f"{smallest:g} GiB. Free GPU memory or pass a local model folder (--model DIR)."
+        f"the GPU has {free_vram_bytes / GIB:.1f} GiB free; {copies} copies of the smallest "
+        f"preset need about {copies * smallest:.0f} GiB. Use fewer slots (--slots)."
     )
 
 
@@ -296,6 +443,20 @@ def _number(key: str, value: Any, *, low: float, high: float = math.inf) -> floa
     return float(value)
 
 
+def _lora_spec(value: Any) -> LoraSpec:
+    if not isinstance(value, Mapping) or not {"repo", "weight_name"} <= set(value):
+        raise PresetError(f"lora must be {{'repo': ..., 'weight_name': ...}}, not {value!r}")
+    try:
+        spec = LoraSpec(**value)
+    except TypeError as exc:
+        raise PresetError(f"lora has unknown fields: {value!r} ({exc})") from None
+    if spec.component not in ("transformer", "transformer_2"):
+        raise PresetError(
+            f"lora component must be 'transformer' or 'transformer_2', not {spec.component!r}"
+        )
+    return spec
+
+
 def apply_overrides(preset: Preset, overrides: Mapping[str, Any]) -> Preset:
     """A copy of `preset` with validated overrides (keys in OVERRIDE_KEYS; "preset" excluded).
 
@@ -340,17 +501,13 @@ def apply_overrides(preset: Preset, overrides: Mapping[str, Any]) -> Preset:
                 raise PresetError(f"call_kwargs must be a mapping, not {value!r}")
             changes[key] = dict(value)
         elif key == "lora":
-            if value is None:
-                changes[key] = None
-            elif isinstance(value, Mapping) and {"repo", "weight_name"} <= set(value):
-                try:
-                    changes[key] = LoraSpec(**value)
-                except TypeError as exc:
-                    raise PresetError(f"lora has unknown fields: {value!r} ({exc})") from None
-            else:
+            specs = [] if value is None else [value] if isinstance(value, Mapping) else value
+            if not isinstance(specs, list | tuple):
                 raise PresetError(
-                    f"lora must be {{'repo': ..., 'weight_name': ...}}, not {value!r}"
+                    f"lora must be {{'repo': ..., 'weight_name': ...}} or a list of them, "
+                    f"not {value!r}"
                 )
+            changes["loras"] = tuple(_lora_spec(spec) for spec in specs)
     if (
         "steps" in changes
         and "timesteps" not in changes
@@ -366,26 +523,3 @@ def apply_overrides(preset: Preset, overrides: Mapping[str, Any]) -> Preset:
             )
         result = dataclasses.replace(result, steps=len(result.timesteps))
     return result
-
-
-def weights_cached(preset: Preset) -> bool:
-    """Whether the preset's weights (and its LoRA) are in the local Hugging Face cache."""
-    from huggingface_hub import try_to_load_from_cache
-
-    found = try_to_load_from_cache(preset.hub_id, "model_index.json")
-    if not isinstance(found, str):
-        return False
-    if preset.lora is not None:
-        lora = try_to_load_from_cache(preset.lora.repo, preset.lora.weight_name)
-        return isinstance(lora, str)
-    return True
-
-
-def pull_weights(preset: Preset) -> list[str]:
-    """Download the preset's weights (and LoRA) into the Hugging Face cache; returns paths."""
-    from huggingface_hub import hf_hub_download, snapshot_download
-
-    paths = [snapshot_download(preset.hub_id)]
-    if preset.lora is not None:
-        paths.append(hf_hub_download(preset.lora.repo, preset.lora.weight_name))
-    return paths

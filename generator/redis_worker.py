@@ -297,15 +297,22 @@ class RedisWorker:
 
     async def _load(self, stop: asyncio.Event) -> bool | None:
         """Load one model copy per slot in a daemon thread (a stop does not wait for it)."""
+        from generator.auto import resolve_for_copies
+        from generator.presets import NeedsGPU
         from generator.worker import WorkerCore  # torch: only in this process
 
+        try:  # once for all copies: each one loads the same preset
+            model = resolve_for_copies(self.model, self.device, self.slots)
+        except NeedsGPU as exc:
+            print(f"error: cannot load model {self.model!r}: {exc}", file=sys.stderr)
+            return False
         loop = asyncio.get_running_loop()
         for index in range(self.slots):
             future: asyncio.Future[Any] = loop.create_future()
 
             def load(fut: asyncio.Future[Any] = future) -> None:
                 try:
-                    core = WorkerCore.load(self.model, device=self.device)
+                    core = WorkerCore.load(model, device=self.device)
                 except BaseException as exc:  # reported to the loop, which decides
                     loop.call_soon_threadsafe(_settle, fut, None, exc)
                 else:

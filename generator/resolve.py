@@ -62,7 +62,14 @@ def _local_base_preset(family: str, model_index: dict[str, Any]) -> Preset:
     if family == "wan" and model_index.get("expand_timesteps"):
         base = PRESETS["wan22-5b"]
     elif family == "wan":
-        base = dataclasses.replace(PRESETS["wan-480p-fast"], lora=None, steps=40, guidance=5.0)
+        base = dataclasses.replace(
+            PRESETS["wan-480p-fast"],
+            loras=(),
+            timesteps=None,
+            flow_shift=3.0,
+            steps=40,
+            guidance=5.0,
+        )
     else:
         base = dataclasses.replace(PRESETS["ltx-fast"], timesteps=None, steps=40, guidance=3.0)
     return dataclasses.replace(base, compile_repeated_blocks=False)

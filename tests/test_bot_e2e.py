@@ -918,7 +918,12 @@ async def test_preset_autocomplete_offers_allowed_presets(
     await h.start_bot(backend)
     ix = await h.server.autocomplete(h.guild, h.channel, h.alice, "animate", "preset", "wan")
     await ix.acknowledged()
-    assert [c["value"] for c in ix.autocomplete_choices] == ["wan-480p-fast", "wan22-5b"]
+    assert [c["value"] for c in ix.autocomplete_choices] == [
+        "wan22-a14b-480p",
+        "wan22-a14b-720p",
+        "wan-480p-fast",
+        "wan22-5b",
+    ]
     assert h.bot is not None
     h.bot.jobs.update_guild_settings(h.guild.id, allowed_presets=["wan22-5b", "ltx-fast"])
     ix = await h.server.autocomplete(h.guild, h.channel, h.alice, "animate", "preset", "")

@@ -118,7 +118,7 @@ def test_layouts_have_the_real_models_strides(generators):
     rules = {
         layout: (g.preset.size_multiple, g.preset.frame_rule) for layout, g in generators.items()
     }
-    assert rules == {"wan21": (16, 4), "wan22": (32, 4), "ltx": (32, 8)}
+    assert rules == {"wan21": (16, 4), "wan22": (32, 4), "wan22a14b": (16, 4), "ltx": (32, 8)}
     assert generators["wan22"].latent_shape(64, 64, 9) == (1, 48, 3, 4, 4)  # z_dim 48, 16x
     assert generators["wan21"].latent_shape(64, 48, 9) == (1, 16, 3, 6, 8)  # z_dim 16, 8x
     assert generators["ltx"].latent_shape(64, 64, 17) == (1, 8, 3, 2, 2)  # 32x, 8x temporal
@@ -340,7 +340,8 @@ def test_overrides_are_validated(model_dirs, tmp_path):
 
 def test_choose_auto_picks_the_best_preset_that_fits():
     """auto takes the best preset resident, else the best with offload, else says why not."""
-    assert choose_auto(80 * GIB) == PRESETS["wan-480p-fast"]
+    assert choose_auto(80 * GIB) == PRESETS["wan22-a14b-480p"]
+    assert choose_auto(60 * GIB) == PRESETS["wan-480p-fast"]
     assert choose_auto(48 * GIB) == PRESETS["ltx-fast"]
     picked = choose_auto(26 * GIB)
     assert (picked.name, picked.offload) == ("wan22-5b", True)

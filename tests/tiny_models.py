@@ -10,6 +10,8 @@ Layouts:
   VAE with z_dim 16 and 8x/4x compression, transformer with image cross-attention.
 - "wan22": Wan 2.2 TI2V-5B (saved as WanPipeline with expand_timesteps, like the hub folder):
   residual VAE with z_dim 48 and 16x spatial compression, no image encoder.
+- "wan22a14b": Wan 2.2 I2V A14B (WanImageToVideoPipeline with two experts): `transformer` (high
+  noise) and `transformer_2` (low noise), boundary_ratio 0.9, VAE as Wan 2.1's, no image encoder.
 - "ltx": LTX-Video (LTXConditionPipeline): T5 text encoder, VAE with 32x/8x compression and a
   timestep-conditioned decoder, as 0.9.5+ checkpoints have.
 
@@ -25,7 +27,7 @@ from typing import Any
 
 import torch
 
-LAYOUTS = ("wan21", "wan22", "ltx")
+LAYOUTS = ("wan21", "wan22", "wan22a14b", "ltx")
 TEXT_DIM = 32  # text encoder d_model == transformer text_dim / caption_channels
 
 # Settings written to the folder's zoetrope.json (read by VideoGenerator.load).
@@ -175,6 +177,50 @@ def _wan22_components(vocab_size: int) -> tuple[type, dict[str, Any]]:
     }
 
 
+def _wan22_a14b_components(vocab_size: int) -> tuple[type, dict[str, Any]]:
+    from diffusers import (
+        AutoencoderKLWan,
+        UniPCMultistepScheduler,
+        WanImageToVideoPipeline,
+        WanTransformer3DModel,
+    )
+
+    def expert() -> WanTransformer3DModel:
+        return WanTransformer3DModel(
+            patch_size=(1, 2, 2),
+            num_attention_heads=2,
+            attention_head_dim=12,
+            in_channels=16 + 4 + 16,  # noise + first-frame mask + image latents
+            out_channels=16,
+            text_dim=TEXT_DIM,
+            freq_dim=32,
+            ffn_dim=32,
+            num_layers=2,
+            rope_max_seq_len=32,
+        )
+
+    # As scripts/convert_wan_to_diffusers.py builds Wan2.2-I2V-A14B: two experts, no image
+    # encoder, boundary_ratio 0.9, UniPC at shift 3.
+    return WanImageToVideoPipeline, {
+        "vae": AutoencoderKLWan(
+            base_dim=3,
+            z_dim=16,
+            dim_mult=[1, 1, 1, 1],
+            num_res_blocks=1,
+            temperal_downsample=[False, True, True],
+        ),
+        "transformer": expert(),
+        "transformer_2": expert(),
+        "text_encoder": _text_encoder("umt5", vocab_size),
+        "image_encoder": None,
+        "image_processor": None,
+        "scheduler": UniPCMultistepScheduler(
+            prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=3.0
+        ),
+        "boundary_ratio": 0.9,
+    }
+
+
 def _ltx_components(vocab_size: int) -> tuple[type, dict[str, Any]]:
     from diffusers import (
         AutoencoderKLLTXVideo,
@@ -217,17 +263,22 @@ def _ltx_components(vocab_size: int) -> tuple[type, dict[str, Any]]:
     }
 
 
-_BUILDERS = {"wan21": _wan21_components, "wan22": _wan22_components, "ltx": _ltx_components}
+_BUILDERS = {
+    "wan21": _wan21_components,
+    "wan22": _wan22_components,
+    "wan22a14b": _wan22_a14b_components,
+    "ltx": _ltx_components,
+}
 
 
 def build_tiny_model(layout: str, out_dir: Path) -> Path:
-    """Write a tiny random pipeline of `layout` ("wan21", "wan22", "ltx") to `out_dir`."""
+    """Write a tiny random pipeline of `layout` (one of LAYOUTS) to `out_dir`."""
     if layout not in _BUILDERS:
         raise ValueError(f"layout must be one of {', '.join(LAYOUTS)}, not {layout!r}")
     out_dir = Path(out_dir)
     tokenizer = tiny_tokenizer()
     # Seeded per layout: the same folder every time, whatever was built before.
-    torch.manual_seed({"wan21": 21, "wan22": 22, "ltx": 7}[layout])
+    torch.manual_seed({"wan21": 21, "wan22": 22, "wan22a14b": 14, "ltx": 7}[layout])
     pipeline_class, components = _BUILDERS[layout](len(tokenizer))
     pipe = pipeline_class(tokenizer=tokenizer, **components)
     pipe.save_pretrained(out_dir)
