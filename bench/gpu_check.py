@@ -205,6 +205,17 @@ class Peak:
         return float("nan")
 
 
+def ffmpeg_exe() -> str | None:
+    """The ffmpeg imageio-ffmpeg finds (its own, IMAGEIO_FFMPEG_EXE or PATH), or None: the GPU
+    machine gets imageio-ffmpeg without its 172 MB binary (see scripts/gpu_wheels)."""
+    try:
+        import imageio_ffmpeg
+
+        return imageio_ffmpeg.get_ffmpeg_exe()
+    except (ImportError, RuntimeError):
+        return None
+
+
 def section_env(piece: Piece, tiny: bool) -> None:
     import torch
 
@@ -216,6 +227,7 @@ def section_env(piece: Piece, tiny: bool) -> None:
             versions[module] = f"missing ({type(exc).__name__})"
     versions["cuda"] = torch.version.cuda
     piece["versions"] = versions
+    piece["ffmpeg"] = ffmpeg_exe() or "none: clips are generated but not encoded"
     device = device_of(tiny)
     with piece.step("device") as found:
         found["name"] = torch.cuda.get_device_name(device) if device != "cpu" else "cpu"
@@ -561,6 +573,7 @@ def project_path(
     found["info"] = core.info()
     found["speedups"] = list(getattr(core.generator, "speedups", []))
     found["lora"] = getattr(core.generator, "lora", None)
+    encodes = ffmpeg_exe() is not None
     graphs: list[int] = []
     for i, (w, h) in enumerate(((width, height), (height, width))):
         image_path = folder.parent / f"in{i}.png"
@@ -571,10 +584,15 @@ def project_path(
                                     num_frames=frames)  # fmt: skip
         peak.reset()
         started = time.perf_counter()
-        event = core.run(request)
+        if encodes:
+            event = core.run(request)
+        else:  # no ffmpeg here: the same generation, without the worker's encode step
+            clip = core.generator.generate(request)
         run: dict[str, Any] = {"s": round(time.perf_counter() - started, 3),
                                "peak_gib": peak.gib()}  # fmt: skip
-        if isinstance(event, Done):
+        if not encodes:
+            run.update(size=f"{clip.frames.shape[2]}x{clip.frames.shape[1]}", encode="no ffmpeg")
+        elif isinstance(event, Done):
             meta = event.meta
             run.update(size=f"{meta.get('video_width')}x{meta.get('video_height')}",
                        timings=meta.get("timings"), bytes=meta.get("bytes"))  # fmt: skip
@@ -609,7 +627,10 @@ def section_nvenc(piece: Piece, tiny: bool) -> None:
     spec.loader.exec_module(bench)
     count, height, width = (17, 240, 320) if tiny else (81, 480, 832)
     frames = bench.synthetic_clip(count, height, width)
-    exe = encode.imageio_ffmpeg.get_ffmpeg_exe()
+    exe = ffmpeg_exe()
+    piece["ffmpeg"] = exe or "none"
+    if exe is None:
+        return
     listed = subprocess.run([exe, "-hide_banner", "-encoders"], capture_output=True, text=True)
     piece["ffmpeg_has_h264_nvenc"] = "h264_nvenc" in listed.stdout
     with tempfile.TemporaryDirectory() as tmp:
