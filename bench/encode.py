@@ -162,17 +162,22 @@ def main() -> int:
 
         print(
             f"\n2. sweep (PSNR >= reference and bytes <= {MAX_BYTES_RATIO:g}x marked *, "
-            "the fastest of those marked <-)"
+            f"the fastest of those at CRF {encode.DEFAULT_CRF} is the pick)"
         )
         results = []
         for i, ((preset, crf), secs) in enumerate(zip(sweep, medians[2:], strict=True)):
             path = out / f"s{i}.mp4"
             results.append((preset, crf, secs, path.stat().st_size, quality(path, frames)))
         good = [r for r in results if r[4] >= ref_q and r[3] <= MAX_BYTES_RATIO * base]
-        pick = min(good, key=lambda r: r[2]) if good else None
+        fastest = min(good, key=lambda r: r[2]) if good else None
+        # The default CRF is one for every frame size (held at DEFAULT_CRF by small frames):
+        # the preset is picked at that CRF.
+        at_default = [r for r in good if r[1] == encode.DEFAULT_CRF]
+        pick = min(at_default, key=lambda r: r[2]) if at_default else None
         rows = [
             [p, str(c), f"{s:.2f}", f"{s / ref_s:.2f}", f"{b:,}", f"{b / base:.2f}", f"{q:.2f}",
-             ("*" if r in good else "") + (" <-" if r is pick else "")]
+             ("*" if r in good else "") + (" <- pick" if r is pick else "")
+             + (" (fastest)" if r is fastest else "")]
             for r in results
             for p, c, s, b, q in [r]
         ]  # fmt: skip
