@@ -309,10 +309,10 @@ def test_frames_can_be_streamed_while_they_are_made(tmp_path: Path) -> None:
         encode.read_frames(streamed.path)[0], encode.read_frames(whole.path)[0]
     )
     # Over budget, the kept frames feed the second encode.
-    tight = encode.encode_mp4(
-        iter(frames), tmp_path / "t.mp4", fps=16, byte_budget=whole.bytes // 2
-    )
-    assert tight.attempts == 2 and tight.fits and encode.probe(tight.path)["frames"] == 17
+    larger = moving_frames(33, 240, 320, seed=2)
+    budget = encode.encode_mp4(larger, tmp_path / "l.mp4", fps=16).bytes // 2
+    tight = encode.encode_mp4(iter(larger), tmp_path / "t.mp4", fps=16, byte_budget=budget)
+    assert tight.attempts == 2 and tight.fits and encode.probe(tight.path)["frames"] == 33
 
 
 def test_a_bad_frame_mid_stream_writes_nothing(tmp_path: Path) -> None:
