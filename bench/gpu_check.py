@@ -328,7 +328,14 @@ def build(config: dict[str, Any], device: str, dtype: Any) -> Any:
             fields.pop("architectures", None)
             fields.pop("transformers_version", None)
             model = cls(cls.config_class(**fields))
-    return model.to(dtype).eval()
+    model = model.to(dtype)
+    # As from_pretrained does: the modules a model names stay in float32 (Wan: norms, rope...).
+    keep = getattr(model, "_keep_in_fp32_modules", None) or []
+    if dtype != torch.float32 and keep:
+        for name, module in model.named_modules():
+            if any(part in keep for part in name.split(".")):
+                module.to(torch.float32)
+    return model.eval()
 
 
 def section_preset(piece: Piece, name: str, tiny: bool, steps: int) -> None:
@@ -367,6 +374,15 @@ def section_preset(piece: Piece, name: str, tiny: bool, steps: int) -> None:
                                 "build_s": round(time.perf_counter() - started, 2)}  # fmt: skip
         found["weights_gib"] = round(sum(v["gib"] for v in found.values()), 3)
         found["peak_gib"] = peak.gib()
+    if "transformer_2" in configs:
+        # Wan 2.2 A14B's hub folder (model_index.json) switches experts at boundary_ratio 0.9.
+        parts["boundary_ratio"] = 0.9
+    if not tiny and "image_encoder" in configs and "image_processor" in parts:
+        # The tiny processor crops to the tiny encoder's size; the real CLIP takes its own.
+        side = configs["image_encoder"].get("image_size", 224)
+        parts["image_processor"] = type(parts["image_processor"])(
+            size={"shortest_edge": side}, crop_size={"height": side, "width": side}
+        )
     # The class the project loads this preset with (Wan 2.2 5B: the I2V class, no image encoder).
     pipeline_class = getattr(importlib.import_module("diffusers"), preset.pipeline_class)
     accepted = pipeline_signature(pipeline_class)
