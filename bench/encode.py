@@ -4,8 +4,17 @@
 
 The frames are synthetic but move like a clip: a drifting colour gradient, a few shapes
 sliding and growing across it, and a little seeded noise (generated video is never clean).
-Prints seconds (median of --repeat interleaved runs), bytes, bytes relative to diffusers, PSNR of the
-decoded clip against the source frames, and whether `moov` is in front (faststart).
+All timings are medians of --repeat interleaved runs. Four parts, one run:
+
+1. export_to_video (the reference) and our default encode: seconds, bytes, PSNR, faststart.
+2. A sweep of x264 preset x CRF: the fastest setting whose PSNR is at least the reference's, at
+   no more than MAX_BYTES_RATIO times its bytes (how DEFAULT_X264_PRESET was chosen; the
+   default CRF is held at 20 by the small-frame quality floor, see generator/encode.py).
+3. Budgets that the default encode overshoots: how many encodes each took (the bitrate pass
+   is the only retry) and how close to the budget the file landed.
+4. Streaming: frames fed to ffmpeg while they are being produced vs. produced first, for a
+   CPU-bound producer (the pipeline's float -> uint8 conversion, frame by frame) and an idle-CPU
+   one (a GPU-side VAE decode, modelled as a sleep per frame).
 """
 
 from __future__ import annotations
@@ -16,7 +25,7 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +34,13 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from generator import encode  # noqa: E402
+
+SWEEP_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "medium")
+SWEEP_CRFS = (18, 20, 22, 25)
+BUDGETS = (600_000, 300_000, 150_000, 60_000)
+# A pick may make at most this many times the reference's bytes: ultrafast and superfast buy
+# their speed by coding the noise at 4-30x the bytes, which costs upload time and budget.
+MAX_BYTES_RATIO = 4.0
 
 
 def synthetic_clip(frames: int, height: int, width: int, *, seed: int = 0) -> np.ndarray:
@@ -73,13 +89,27 @@ def timed(fns: list[Callable[[], object]], repeat: int) -> list[float]:
     return [statistics.median(t) for t in times]
 
 
+def quality(path: Path, frames: np.ndarray) -> float:
+    decoded, _ = encode.read_frames(path)
+    if decoded.shape != frames.shape:
+        return float("nan")  # downscaled to fit: not comparable pixel for pixel
+    return psnr(decoded, frames)
+
+
+def table(headers: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--frames", type=int, default=81)
     parser.add_argument("--width", type=int, default=832)
     parser.add_argument("--height", type=int, default=480)
     parser.add_argument("--fps", type=int, default=16)
-    parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--produce-ms", type=float, default=20.0, help="idle producer, per frame")
     args = parser.parse_args()
 
     from diffusers.utils import export_to_video  # bench only: the bot never imports diffusers
@@ -87,61 +117,121 @@ def main() -> int:
     frames = synthetic_clip(args.frames, args.height, args.width)
     # export_to_video takes PIL images or floats in [0, 1]; PIL keeps the pixels identical.
     pil_frames = [Image.fromarray(f) for f in frames]
-    tight = 200_000  # between what CRF 25 and CRF 20 give here: the loop must work
+    print(
+        f"{args.frames} frames {args.width}x{args.height} @ {args.fps} fps, median of "
+        f"{args.repeat} interleaved runs, {os.cpu_count()} CPU cores, "
+        f"ffmpeg {Path(encode.imageio_ffmpeg.get_ffmpeg_exe()).name}\n"
+    )
 
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp)
-        runs: list[tuple[str, Callable[[], object], Path]] = [
-            (
-                "diffusers export_to_video (CRF 25)",
-                lambda: export_to_video(pil_frames, str(out / "d.mp4"), fps=args.fps),
-                out / "d.mp4",
-            ),
-            (
-                f"ours, default (CRF {encode.DEFAULT_CRF}, 10 MiB budget)",
-                lambda: encode.encode_mp4(frames, out / "a.mp4", fps=args.fps),
-                out / "a.mp4",
-            ),
-            (
-                "ours, CRF 25 (same CRF as diffusers)",
-                lambda: encode.encode_mp4(frames, out / "b.mp4", fps=args.fps, crf=25),
-                out / "b.mp4",
-            ),
-            (
-                "ours, 200 kB budget (budget loop)",
-                lambda: encode.encode_mp4(frames, out / "c.mp4", fps=args.fps, byte_budget=tight),
-                out / "c.mp4",
-            ),
+        ref_path, ours_path = out / "ref.mp4", out / "ours.mp4"
+        runs: list[Callable[[], object]] = [
+            lambda: export_to_video(pil_frames, str(ref_path), fps=args.fps),
+            lambda: encode.encode_mp4(frames, ours_path, fps=args.fps),
         ]
-        rows = []
-        medians = timed([fn for _, fn, _ in runs], args.repeat)
-        for (name, fn, path), seconds in zip(runs, medians, strict=True):
-            info = encode.probe(path)
-            decoded, _ = encode.read_frames(path)
-            quality = (
-                psnr(decoded, frames[:, : decoded.shape[1], : decoded.shape[2]])
-                if decoded.shape == frames.shape
-                else float("nan")  # downscaled to fit: not comparable pixel for pixel
+        sweep = [(p, c) for p in SWEEP_PRESETS for c in SWEEP_CRFS]
+        for i, (preset, crf) in enumerate(sweep):
+            runs.append(
+                lambda i=i, preset=preset, crf=crf: encode.encode_mp4(
+                    frames, out / f"s{i}.mp4", fps=args.fps, crf=crf, x264_preset=preset
+                )
             )
-            crf = fn() if name.startswith("ours") else None  # one more run, for its CRF
-            rows.append((name, seconds, info, quality, crf))
+        medians = timed(runs, args.repeat)
+        ref_s, ours_s = medians[0], medians[1]
+        ref_info, ours_info = encode.probe(ref_path), encode.probe(ours_path)
+        ref_q, ours_q = quality(ref_path, frames), quality(ours_path, frames)
+        base = ref_info["bytes"]
+        default_preset = encode.x264_preset_for(args.width, args.height)
+        print("1. reference vs default")
+        rows = []
+        for name, secs, info, q in (
+            ("diffusers export_to_video (medium, CRF 25)", ref_s, ref_info, ref_q),
+            (
+                f"ours, default ({default_preset}, CRF {encode.DEFAULT_CRF})",
+                ours_s,
+                ours_info,
+                ours_q,
+            ),
+        ):
+            rows.append([name, f"{secs:.2f}", f"{secs / ref_s:.2f}", f"{info['bytes']:,}",
+                         f"{info['bytes'] / base:.2f}", f"{q:.2f}",
+                         "yes" if info["faststart"] else "no"])  # fmt: skip
+        print(table(["encoder", "s", "time ratio", "bytes", "bytes ratio", "PSNR dB",
+                     "faststart"], rows))  # fmt: skip
 
-    base = rows[0][2]["bytes"]
-    print(
-        f"{args.frames} frames {args.width}x{args.height} @ {args.fps} fps, "
-        f"median of {args.repeat}, {os.cpu_count()} CPU cores, "
-        f"ffmpeg {Path(encode.imageio_ffmpeg.get_ffmpeg_exe()).name}"
-    )
-    header = f"{'encoder':<42} {'seconds':>8} {'bytes':>10} {'ratio':>6} {'PSNR dB':>8} {'size':>9} {'frames':>6} {'faststart':>9} {'CRF':>4}"
-    print(header)
-    print("-" * len(header))
-    for name, seconds, info, quality, result in rows:
-        crf = str(result.crf) if isinstance(result, encode.EncodeResult) else "25"
         print(
-            f"{name:<42} {seconds:>8.2f} {info['bytes']:>10,} {info['bytes'] / base:>6.2f} "
-            f"{quality:>8.2f} {str(info['width']) + 'x' + str(info['height']):>9} "
-            f"{info['frames']:>6} {'yes' if info['faststart'] else 'no':>9} {crf:>4}"
+            f"\n2. sweep (PSNR >= reference and bytes <= {MAX_BYTES_RATIO:g}x marked *, "
+            f"the fastest of those at CRF {encode.DEFAULT_CRF} is the pick)"
         )
+        results = []
+        for i, ((preset, crf), secs) in enumerate(zip(sweep, medians[2:], strict=True)):
+            path = out / f"s{i}.mp4"
+            results.append((preset, crf, secs, path.stat().st_size, quality(path, frames)))
+        good = [r for r in results if r[4] >= ref_q and r[3] <= MAX_BYTES_RATIO * base]
+        fastest = min(good, key=lambda r: r[2]) if good else None
+        # The default CRF is one for every frame size (held at DEFAULT_CRF by small frames):
+        # the preset is picked at that CRF.
+        at_default = [r for r in good if r[1] == encode.DEFAULT_CRF]
+        pick = min(at_default, key=lambda r: r[2]) if at_default else None
+        rows = [
+            [p, str(c), f"{s:.2f}", f"{s / ref_s:.2f}", f"{b:,}", f"{b / base:.2f}", f"{q:.2f}",
+             ("*" if r in good else "") + (" <- pick" if r is pick else "")
+             + (" (fastest)" if r is fastest else "")]
+            for r in results
+            for p, c, s, b, q in [r]
+        ]  # fmt: skip
+        print(table(["preset", "CRF", "s", "time ratio", "bytes", "bytes ratio", "PSNR dB",
+                     "pick"], rows))  # fmt: skip
+
+        print(f"\n3. budgets below the default's {ours_info['bytes']:,} bytes")
+        budgets = [b for b in BUDGETS if b < ours_info["bytes"]]
+        fits = [
+            lambda b=b: encode.encode_mp4(frames, out / f"b{b}.mp4", fps=args.fps, byte_budget=b)
+            for b in budgets
+        ]
+        fit_s = timed(fits, args.repeat)
+        rows = []
+        for budget, fn, secs in zip(budgets, fits, fit_s, strict=True):
+            result = fn()
+            assert isinstance(result, encode.EncodeResult)
+            rows.append([f"{budget:,}", str(result.attempts), f"{secs:.2f}", f"{result.bytes:,}",
+                         f"{result.bytes / budget:.3f}", f"{result.width}x{result.height}",
+                         str(result.kbps), str(result.crf), "yes" if result.fits else "NO",
+                         f"{quality(Path(result.path), frames):.2f}"])  # fmt: skip
+        print(table(["budget", "encodes", "s", "bytes", "of budget", "size", "kbps cap",
+                     "avg QP", "fits", "PSNR dB"], rows))  # fmt: skip
+
+        print("\n4. streaming: produce + encode, frames fed as made vs. all made first")
+        floats = frames.astype(np.float32) / 255.0  # what the pipeline's output_type="np" gives
+
+        def convert() -> Iterator[np.ndarray]:
+            for f in floats:  # the pipeline's own conversion, one frame at a time
+                yield (f * 255.0).round().clip(0, 255).astype(np.uint8)
+
+        def idle() -> Iterator[np.ndarray]:
+            for f in frames:
+                time.sleep(args.produce_ms / 1000)
+                yield f
+
+        path = out / "stream.mp4"
+        pairs = [
+            ("CPU-bound producer (float -> uint8)", convert),
+            (f"idle producer ({args.produce_ms:g} ms/frame, like a GPU decode)", idle),
+        ]
+        fns: list[Callable[[], object]] = []
+        for _, producer in pairs:
+            fns.append(
+                lambda p=producer: encode.encode_mp4(np.stack(list(p())), path, fps=args.fps)
+            )
+            fns.append(lambda p=producer: encode.encode_mp4(p(), path, fps=args.fps))
+        stream_s = timed(fns, args.repeat)
+        rows = [
+            [name, f"{stream_s[2 * i]:.2f}", f"{stream_s[2 * i + 1]:.2f}",
+             f"{stream_s[2 * i] - stream_s[2 * i + 1]:+.2f}"]
+            for i, (name, _) in enumerate(pairs)
+        ]  # fmt: skip
+        print(table(["producer", "made first, s", "streamed, s", "saved, s"], rows))
     return 0
 
 

@@ -13,45 +13,64 @@ and `os.replace`d, so a reader never sees a half-written clip.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import re
 import secrets
 import shutil
-import struct
 import subprocess
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
+from fractions import Fraction
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import imageio_ffmpeg
 import numpy as np
 from PIL import Image
 
+from generator.mp4 import (  # noqa: F401  (re-exported: callers use encode.probe etc.)
+    EncodeError,
+    _existing,
+    _payload_bytes,
+    _read_log,
+    _sample_count,
+    last_frame,
+    probe,
+    read_frames,
+)
+
 DEFAULT_BYTE_BUDGET = 10 * 1024 * 1024  # Discord's default upload limit since January 2025
-DEFAULT_CRF = 20  # visually clean for generated clips; the budget loop raises it when needed
-DEFAULT_X264_PRESET = "medium"  # x264 speed/size trade-off (not a model preset)
+# From bench/encode.py's preset x CRF sweep (BENCHMARKS.md, "Encoding"). CRF 20 is the highest
+# CRF at which tiny frames (which get "medium", below) keep the quality floor of
+# tests/test_encode.py, and one CRF serves every size. At CRF 20 and real clip sizes, the fastest
+# x264 preset whose PSNR is at least diffusers' export_to_video's (medium, CRF 25) on the same
+# frames, at no more than 4x its bytes, is "veryfast": about 0.4x its time, 3.2x its bytes.
+DEFAULT_CRF = 20
+DEFAULT_X264_PRESET = "veryfast"  # x264 speed/size trade-off (not a model preset)
+# Below this many pixels per frame an encode takes milliseconds whatever the preset, and x264's
+# fast presets lose the most there (few macroblocks to search): such clips get "medium".
+SMALL_FRAME_PIXELS = 320 * 240
+SMALL_FRAME_X264_PRESET = "medium"
 X264_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow")
 X264_PRESETS += ("slower", "veryslow")
-# Raising the CRF past this point costs more visible quality than downscaling does, so the
-# budget loop switches to smaller frames here and only goes further once at the minimum size.
+# Past this quantizer, smaller frames look better than coarser ones: an over-budget clip whose
+# bitrate would need more is downscaled, down to MIN_SHORT_SIDE.
 SOFT_MAX_CRF = 32
 MAX_CRF = 51  # libx264's ceiling
 MIN_SHORT_SIDE = 144  # below this a clip is not worth posting; report "cannot fit" instead
-MAX_ATTEMPTS = 10
+# The bitrate-targeted encode aims this far under the budget, on top of the VBV bound below
+# (x264 keeps that bound unless even QP 51 cannot, which _next_setting sends to the smallest).
+BUDGET_MARGIN = 0.95
+# VBV buffer length: the file is at most maxrate * (duration + this). 1 s landed closest to the
+# budget in bench/encode.py (0.5 s and 2 s both left more unused).
+VBV_SECONDS = 1.0
+MAX_ATTEMPTS = 4  # CRF pass, bitrate pass, and two rescues that the tests never see used
 
 PathLike = str | os.PathLike[str]
-
-
-class EncodeError(Exception):
-    """ffmpeg could not write or read a clip. `message` is fit to show to a user."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__(message)
-        self.message = message
 
 
 @dataclass(slots=True, frozen=True)
@@ -59,7 +78,8 @@ class EncodeResult:
     """What was written. `fits` is False when no setting brought the file under the budget:
     the file is then the smallest one we could make, and `note` says why it is still too big.
     `note` also explains a downscale done to fit. `crf` is None when the source was copied
-    unchanged (fit_to_budget on a clip that already fits)."""
+    unchanged (fit_to_budget on a clip that already fits); for a bitrate-targeted encode
+    (`kbps` set) it is the average quantizer x264 settled on, on the same 0-51 scale."""
 
     path: str
     bytes: int
@@ -72,6 +92,7 @@ class EncodeResult:
     note: str | None
     attempts: int = 1
     seconds: float = 0.0
+    kbps: int | None = None  # the bitrate cap of a bitrate-targeted encode, else None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -80,273 +101,310 @@ class EncodeResult:
 # -- writing ------------------------------------------------------------------------------------
 
 
+@dataclass(slots=True, frozen=True)
+class _Setting:
+    """One encode: a constant quality (`crf`) or a capped bitrate (`kbps`), at a frame size."""
+
+    width: int
+    height: int
+    crf: int | None = None
+    kbps: int | None = None
+
+
 def encode_mp4(
-    frames: np.ndarray | Sequence[np.ndarray],
+    frames: np.ndarray | Iterable[np.ndarray],
     path: PathLike,
     *,
     fps: float,
     byte_budget: int = DEFAULT_BYTE_BUDGET,
     crf: int = DEFAULT_CRF,
-    x264_preset: str = DEFAULT_X264_PRESET,
+    x264_preset: str | None = None,
 ) -> EncodeResult:
     """Encode uint8 RGB frames (F, H, W, 3) to an H.264 MP4 at `path` under `byte_budget`.
 
-    Starts at `crf`; while the file is over budget, raises the CRF (up to SOFT_MAX_CRF), then
-    downscales (down to MIN_SHORT_SIDE on the short side), then raises the CRF up to MAX_CRF.
-    Never over budget silently: the result's `fits` is False with a `note` when it cannot fit.
+    `frames` may be an array or any iterable of (H, W, 3) frames; an iterable is fed to ffmpeg
+    as it yields, so the encode runs while the frames are still being made.
+
+    The first encode is at `crf`. A file over budget gets exactly one more encode, at the
+    bitrate the budget allows for the clip's duration (capped by a VBV buffer, so the size is
+    bounded rather than hoped for), downscaled first when that bitrate would need a quantizer
+    past SOFT_MAX_CRF. Never over budget silently: `fits` is False with a `note` when even the
+    smallest file (MIN_SHORT_SIDE, CRF 51) is too big.
     """
     started = time.perf_counter()
-    video = _as_frames(frames)
     fps = _check_fps(fps)
     byte_budget = _check_budget(byte_budget)
     if not (isinstance(crf, int) and 0 <= crf <= MAX_CRF):
         raise ValueError(f"crf must be an int from 0 to {MAX_CRF}, got {crf!r}")
-    if x264_preset not in X264_PRESETS:
+    if x264_preset is not None and x264_preset not in X264_PRESETS:
         raise ValueError(
             f"x264_preset must be one of {', '.join(X264_PRESETS)}, got {x264_preset!r}"
         )
-    video = _crop_even(video)
-    count, height, width = video.shape[:3]
+    if isinstance(frames, np.ndarray):
+        frames = _crop_even(_as_frames(frames))
+    return _encode(frames, Path(path), fps, byte_budget, crf, x264_preset, started)
 
-    target = Path(path)
+
+_Tried = tuple["_Setting", int, float, int]  # (setting, bytes, average QP, bytes of coded frames)
+
+
+def _encode(
+    frames: np.ndarray | Iterable[np.ndarray],
+    target: Path,
+    fps: float,
+    byte_budget: int,
+    crf: int,
+    x264_preset: str | None,
+    started: float,
+    prior: _Tried | None = None,
+) -> EncodeResult:
+    """encode_mp4's work. `prior` is an encode already measured (fit_to_budget's source): the
+    first encode is then skipped and the bitrate encode follows from it."""
     target.parent.mkdir(parents=True, exist_ok=True)
     stem = f".{target.name}.{os.getpid()}.{secrets.token_hex(4)}"
-    trial = target.with_name(stem + ".try")
-    best = target.with_name(stem + ".best")
-    best_size: int | None = None
-    best_setting = (crf, width, height)
-    out_w, out_h, attempts = width, height, 0
-    too_big: int | None = None  # the highest CRF seen over budget at the current size
+    trial, best = target.with_name(stem + ".try"), target.with_name(stem + ".best")
+    tried: list[_Tried] = [prior] if prior else []
+    kept: _Tried | None = None
 
-    def attempt(crf: int) -> int:
-        """Encode once; keep the file if it is the best so far: the lowest CRF that fits,
-        or while nothing fits, the smallest file."""
-        nonlocal attempts, best_size, best_setting
-        attempts += 1
-        size = _write(video, trial, fps=fps, crf=crf, x264_preset=x264_preset, size=(out_w, out_h))
-        fits, had_fit = size <= byte_budget, best_size is not None and best_size <= byte_budget
-        if (
-            best_size is None
-            or (fits and (not had_fit or crf < best_setting[0]))
-            or (not had_fit and size < best_size)
-        ):
+    def keep(setting: _Setting, size: int, qp: float) -> None:
+        """Keep the file if it is the best so far: the last one that fits (each later encode
+        only happens because an earlier one did not), or while none fits, the smallest."""
+        nonlocal kept
+        tried.append((setting, size, qp, _payload_bytes(trial) or size))
+        if kept is None or size <= byte_budget or (kept[1] > byte_budget and size < kept[1]):
             os.replace(trial, best)
-            best_size, best_setting = size, (crf, out_w, out_h)
-        return size
+            kept = tried[-1]
 
     try:
-        while True:
-            size = attempt(crf)
-            if size <= byte_budget or attempts >= MAX_ATTEMPTS:
+        if prior is None:
+            video, first, size, qp = _encode_first(frames, trial, fps, crf, x264_preset)
+            keep(first, size, qp)
+        else:
+            assert isinstance(frames, np.ndarray)
+            video = frames
+        count, height, width = video.shape[:3]
+        duration = count / fps
+        while (kept is None or kept[1] > byte_budget) and len(tried) < MAX_ATTEMPTS:
+            setting = _next_setting(tried, byte_budget, duration)
+            if setting is None:
                 break
-            ratio = size / byte_budget
-            # x264's bitrate roughly halves for every +6 CRF: jump straight to the estimate.
-            bump = max(2, math.ceil(6 * math.log2(ratio)) + 1)
-            short = min(out_w, out_h)
-            if crf < SOFT_MAX_CRF:
-                too_big, crf = crf, min(SOFT_MAX_CRF, crf + bump)
-            elif short > MIN_SHORT_SIDE:
-                # Bytes scale with area: shrink each side by sqrt(1/ratio), a little more for
-                # margin, at most by half per attempt and never under the minimum side.
-                factor = max(0.5, min(0.9, 0.95 / math.sqrt(ratio)), MIN_SHORT_SIDE / short)
-                out_w, out_h = _even(out_w * factor), _even(out_h * factor)
-                too_big = None
-            elif crf < MAX_CRF:
-                too_big, crf = crf, min(MAX_CRF, crf + bump)
-            else:
-                break
-        # The jump above is deliberately pessimistic; when it landed well under the budget,
-        # bisect back towards the CRF that was too big (two tries at most) for better quality.
-        for _ in range(2):
-            assert best_size is not None
-            if too_big is None or best_size > 0.8 * byte_budget:
-                break
-            fitting = best_setting[0]
-            if fitting - too_big <= 2 or attempts >= MAX_ATTEMPTS:
-                break
-            middle = (too_big + fitting) // 2
-            if attempt(middle) > byte_budget:
-                too_big = middle
+            size, qp = _write(video, trial, fps=fps, setting=setting, x264_preset=x264_preset)
+            keep(setting, size, qp)
+        assert kept is not None
         os.replace(best, target)
     finally:
         for leftover in (trial, best):
             leftover.unlink(missing_ok=True)
 
-    assert best_size is not None
-    crf, out_w, out_h = best_setting
-    fits = best_size <= byte_budget
+    setting, size, qp, _ = kept
+    fits = size <= byte_budget
+    out_w, out_h = setting.width, setting.height
+    # For a bitrate-targeted file, the quantizer x264 settled on (the same 0-51 scale as CRF).
+    used_crf = setting.crf if setting.crf is not None else min(MAX_CRF, round(qp))
     note = None
     if not fits:
         note = (
-            f"cannot fit {_human(byte_budget)}: the smallest encode ({out_w}x{out_h}, CRF {crf}) "
-            f"is {_human(best_size)}"
+            f"cannot fit {_human(byte_budget)}: the smallest encode ({out_w}x{out_h}, "
+            f"CRF {used_crf}) is {_human(size)}"
         )
     elif (out_w, out_h) != (width, height):
         note = f"downscaled from {width}x{height} to {out_w}x{out_h} to fit {_human(byte_budget)}"
     return EncodeResult(
         path=str(target),
-        bytes=best_size,
-        crf=crf,
+        bytes=size,
+        crf=used_crf,
         width=out_w,
         height=out_h,
         frames=count,
         fps=fps,
         fits=fits,
         note=note,
-        attempts=attempts,
+        attempts=len(tried) - (prior is not None),
         seconds=time.perf_counter() - started,
+        kbps=setting.kbps,
     )
+
+
+def x264_preset_for(width: int, height: int) -> str:
+    """The x264 preset used when none is given: by frame size (see SMALL_FRAME_PIXELS)."""
+    return SMALL_FRAME_X264_PRESET if width * height < SMALL_FRAME_PIXELS else DEFAULT_X264_PRESET
+
+
+def _encode_first(
+    frames: np.ndarray | Iterable[np.ndarray], path: Path, fps: float, crf: int, preset: str | None
+) -> tuple[np.ndarray, _Setting, int, float]:
+    """The CRF encode, fed frame by frame; returns the frames (kept for a second encode)."""
+    if isinstance(frames, np.ndarray):
+        setting = _Setting(frames.shape[2], frames.shape[1], crf=crf)
+        return (
+            frames,
+            setting,
+            *_write(frames, path, fps=fps, setting=setting, x264_preset=preset),
+        )
+    kept: list[np.ndarray] = []
+    writer: _Writer | None = None
+    try:
+        for frame in frames:
+            if writer is None:
+                first = _crop_even(_as_frames(np.asarray(frame)[None]))[0]
+                setting = _Setting(first.shape[1], first.shape[0], crf=crf)
+                writer = _Writer(path, first.shape[1], first.shape[0], fps, setting, preset)
+            frame = _check_frame(frame, kept[0] if kept else first)
+            writer.send(frame)
+            kept.append(frame)
+        if writer is None:
+            raise ValueError("frames is empty")
+        size, qp = writer.finish(len(kept))
+    except BaseException:
+        if writer is not None:
+            writer.abort()
+        path.unlink(missing_ok=True)
+        raise
+    return np.stack(kept), setting, size, qp
+
+
+def _check_frame(frame: np.ndarray, first: np.ndarray) -> np.ndarray:
+    frame = np.asarray(frame)
+    height, width = first.shape[:2]
+    if frame.dtype != np.uint8:
+        raise ValueError(f"frames must be uint8 RGB, got dtype {frame.dtype}")
+    if frame.ndim != 3 or frame.shape[2] != 3 or frame.shape[0] < height or frame.shape[1] < width:
+        raise ValueError(f"every frame must have the first frame's shape, got {frame.shape}")
+    return frame[:height, :width]
+
+
+def _next_setting(tried: list[_Tried], budget: int, duration: float) -> _Setting | None:
+    """What to encode after an over-budget file: the bitrate the budget allows, from the first
+    encode's measured size. None when the smallest encode has already been tried."""
+    setting, size, _, coded = tried[-1]
+    first_setting, first_size, first_qp, first_payload = tried[0]
+    smallest = _smallest(first_setting.width, first_setting.height)
+    if setting == smallest:
+        return None
+    # What the container costs besides the frames (moov, sample tables), measured on the file.
+    overhead = max(0, size - coded)
+    payload = int((budget - overhead) * BUDGET_MARGIN) - 1024
+    if setting.kbps is not None:
+        # A rescue (not expected): the VBV cap was overshot, scale the rate down by the miss.
+        payload = int(payload * min(0.9, budget / size))
+    if payload <= 0:
+        return smallest
+    # x264's bits roughly halve for every +6 quantizer: the QP this budget needs at this size.
+    need = first_qp + 6 * math.log2(max(1, first_payload) / payload)
+    out_w, out_h = first_setting.width, first_setting.height
+    if need > SOFT_MAX_CRF:
+        # Bytes scale about with area at a given quantizer: shrink until SOFT_MAX_CRF would do,
+        # never under MIN_SHORT_SIDE.
+        area = 2 ** (-(need - SOFT_MAX_CRF) / 6)
+        factor = max(math.sqrt(area), MIN_SHORT_SIDE / min(out_w, out_h))
+        if factor < 1:
+            out_w, out_h = _even(out_w * factor), _even(out_h * factor)
+            need -= 6 * math.log2(1 / (factor * factor))
+    if need > MAX_CRF + 6:
+        return smallest  # even QP 51 makes twice the bytes allowed: no bitrate will do
+    # VBV bound: bits <= maxrate * duration + bufsize, so this maxrate keeps the file in budget.
+    kbps = max(1, int(payload * 8 / (duration + VBV_SECONDS) / 1000))
+    return _Setting(out_w, out_h, kbps=kbps)
+
+
+def _smallest(width: int, height: int) -> _Setting:
+    factor = min(1.0, MIN_SHORT_SIDE / min(width, height))
+    return _Setting(_even(width * factor), _even(height * factor), crf=MAX_CRF)
+
+
+class _Writer:
+    """One ffmpeg libx264 run, fed raw RGB frames through a pipe as they come.
+
+    ffmpeg's log goes to a temp file, not a pipe (a pipe nobody reads can fill and block
+    ffmpeg while we block writing frames); it gives the error line and x264's average QP."""
+
+    def __init__(
+        self, path: Path, width: int, height: int, fps: float, setting: _Setting, preset: str | None
+    ) -> None:
+        rate = Fraction(fps).limit_denominator(1001)
+        cmd = [imageio_ffmpeg.get_ffmpeg_exe(), "-hide_banner", "-nostats", "-y"]
+        cmd += ["-loglevel", "level+info", "-f", "rawvideo", "-pix_fmt", "rgb24"]
+        cmd += ["-s", f"{width}x{height}", "-r", str(rate), "-i", "-", "-an"]
+        if (setting.width, setting.height) != (width, height):
+            # "area" averages source pixels: the cleanest filter for shrinking.
+            cmd += ["-vf", f"scale={setting.width}:{setting.height}:flags=area"]
+        preset = preset or x264_preset_for(setting.width, setting.height)
+        cmd += ["-c:v", "libx264", "-preset", preset, "-pix_fmt", "yuv420p"]
+        if setting.kbps is None:
+            cmd += ["-crf", str(setting.crf)]
+        else:
+            rate_k = f"{setting.kbps}k"
+            buffer_k = f"{max(1, int(setting.kbps * VBV_SECONDS))}k"
+            cmd += ["-b:v", rate_k, "-maxrate", rate_k, "-bufsize", buffer_k]
+        cmd += ["-movflags", "+faststart", "-f", "mp4", str(path)]
+        path.unlink(missing_ok=True)
+        self._path = path
+        self._log = tempfile.TemporaryFile()  # noqa: SIM115 -- closed in finish() or abort()
+        self._proc = subprocess.Popen(
+            cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=self._log
+        )
+
+    def send(self, frame: np.ndarray) -> None:
+        assert self._proc.stdin is not None
+        try:
+            self._proc.stdin.write(memoryview(np.ascontiguousarray(frame)).cast("B"))
+        except (BrokenPipeError, OSError) as exc:
+            self.abort()
+            raise EncodeError(f"ffmpeg failed while encoding {self._path.name}: {exc}") from exc
+
+    def finish(self, count: int) -> tuple[int, float]:
+        """Close the pipe, wait for ffmpeg; the file's size and x264's average QP."""
+        assert self._proc.stdin is not None
+        with contextlib.suppress(OSError):  # ffmpeg already gone: its status and log say why
+            self._proc.stdin.close()
+        self._proc.wait()
+        log = _read_log(self._log).decode("utf-8", "replace")
+        self._log.close()
+        written = _sample_count(self._path) if self._path.exists() else None
+        if self._proc.returncode != 0 or written != count:
+            errors = [ln for ln in log.splitlines() if "[error]" in ln or "[fatal]" in ln]
+            reason = errors[-1].split("]", 2)[-1].strip() if errors else "see the log"
+            raise EncodeError(
+                f"ffmpeg wrote {written} of {count} frames to {self._path.name} ({reason})"
+            )
+        return self._path.stat().st_size, _average_qp(log)
+
+    def abort(self) -> None:
+        if self._proc.poll() is None:
+            self._proc.kill()
+        if self._proc.stdin is not None:
+            with contextlib.suppress(OSError):
+                self._proc.stdin.close()
+        self._proc.wait()
+        self._log.close()
+        self._path.unlink(missing_ok=True)
 
 
 def _write(
-    video: np.ndarray, path: Path, *, fps: float, crf: int, x264_preset: str, size: tuple[int, int]
-) -> int:
-    """One ffmpeg run; returns the file size. Checks the output, because imageio-ffmpeg does
-    not look at ffmpeg's exit status."""
-    height, width = video.shape[1:3]
-    params = ["-crf", str(crf), "-preset", x264_preset, "-movflags", "+faststart", "-f", "mp4"]
-    if size != (width, height):
-        # "area" averages source pixels: the cleanest filter for shrinking.
-        params += ["-vf", f"scale={size[0]}:{size[1]}:flags=area"]
-    path.unlink(missing_ok=True)
-    writer = imageio_ffmpeg.write_frames(
-        str(path),
-        (width, height),
-        fps=fps,
-        codec="libx264",
-        pix_fmt_in="rgb24",
-        pix_fmt_out="yuv420p",
-        quality=None,  # otherwise imageio adds its own -crf before ours
-        macro_block_size=2,  # even sizes pass untouched; we never let it rescale
-        ffmpeg_log_level="error",
-        output_params=params,
-    )
+    video: np.ndarray, path: Path, *, fps: float, setting: _Setting, x264_preset: str | None
+) -> tuple[int, float]:
+    """One encode of a whole clip; returns the file size and x264's average QP."""
+    count, height, width = video.shape[:3]
+    writer = _Writer(path, width, height, fps, setting, x264_preset)
     try:
-        writer.send(None)
         for frame in video:
-            writer.send(np.ascontiguousarray(frame))
-    except OSError as exc:
-        raise EncodeError(f"ffmpeg failed while encoding {path.name}: {exc}") from exc
-    finally:
-        writer.close()
-    written = _sample_count(path) if path.exists() else None
-    if written != len(video):
-        raise EncodeError(
-            f"ffmpeg wrote {written} of {len(video)} frames to {path.name} (see the log above)"
-        )
-    return path.stat().st_size
+            writer.send(frame)
+    except BaseException:
+        writer.abort()
+        raise
+    return writer.finish(count)
 
 
-# -- reading ------------------------------------------------------------------------------------
-# Decoding runs ffmpeg directly rather than through imageio_ffmpeg.read_frames: that generator
-# leaves the ffmpeg process's pipes open when ffmpeg has already exited (a ResourceWarning and a
-# leaked file descriptor per read, which a long-running bot cannot afford).
+# x264's closing stats: "frame I:1     Avg QP:20.02  size: 40104", one line per frame type.
+_QP_LINE = re.compile(r"frame ([IPB]):(\d+)\s+Avg QP:\s*([\d.]+)")
 
 
-def read_frames(path: PathLike) -> tuple[np.ndarray, float]:
-    """Decode a clip to uint8 RGB frames (F, H, W, 3) and its frame rate."""
-    path = _existing(path)
-    header = _header(path)
-    width, height = header["width"], header["height"]
-    with tempfile.TemporaryFile() as log, _decoder(path, log) as proc:
-        assert proc.stdout is not None
-        data = proc.stdout.read()
-        proc.wait()
-        errors = _read_log(log)
-    frame_size = width * height * 3
-    if proc.returncode != 0 or not data or len(data) % frame_size:
-        raise EncodeError(f"cannot decode {path.name}: {_tail(errors)}")
-    frames = np.frombuffer(data, np.uint8).reshape(-1, height, width, 3)
-    return frames, _fps_of(path, header)
-
-
-def last_frame(path: PathLike) -> Image.Image:
-    """The clip's last frame as an RGB image (the start of an Extend)."""
-    path = _existing(path)
-    header = _header(path)
-    width, height = header["width"], header["height"]
-    frame_size = width * height * 3
-    last = b""
-    with tempfile.TemporaryFile() as log, _decoder(path, log) as proc:
-        assert proc.stdout is not None
-        while chunk := proc.stdout.read(frame_size):  # one frame in memory, not the clip
-            if len(chunk) == frame_size:
-                last = chunk
-        proc.wait()
-        errors = _read_log(log)
-    if proc.returncode != 0 or not last:
-        raise EncodeError(f"cannot decode {path.name}: {_tail(errors)}")
-    return Image.frombytes("RGB", (width, height), last)
-
-
-def probe(path: PathLike) -> dict[str, Any]:
-    """What a clip is: codec, pix_fmt, width, height, frames, fps, bytes, and faststart (True
-    when the `moov` box comes before `mdat`, read from the file's own top-level boxes)."""
-    path = _existing(path)
-    header = _header(path)
-    order = [kind for kind, _, _ in _boxes(path, 0, path.stat().st_size)]
-    faststart = "moov" in order and "mdat" in order and order.index("moov") < order.index("mdat")
-    return {
-        "codec": header["codec"],
-        "pix_fmt": header["pix_fmt"],
-        "width": header["width"],
-        "height": header["height"],
-        "frames": _sample_count(path),
-        "fps": _fps_of(path, header),
-        "bytes": path.stat().st_size,
-        "faststart": faststart,
-        "boxes": order,
-    }
-
-
-def _decoder(path: Path, log: IO[bytes]) -> subprocess.Popen[bytes]:
-    # ffmpeg's messages go to a file, not a pipe: a damaged clip can print more than a pipe
-    # holds while we are blocked reading frames, and both sides would wait forever.
-    cmd = [imageio_ffmpeg.get_ffmpeg_exe(), "-nostdin", "-v", "error", "-i", str(path)]
-    cmd += ["-map", "0:v:0", "-f", "rawvideo", "-pix_fmt", "rgb24", "-"]
-    return subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=log)
-
-
-def _read_log(log: IO[bytes]) -> bytes:
-    log.seek(0)
-    return log.read()
-
-
-# "Stream #0:0[0x1](und): Video: h264 (High) (avc1 / 0x31637661), yuv420p(progressive), 44x30,
-#  12 kb/s, 16 fps, 16 tbr, 16384 tbn (default)"
-_VIDEO_LINE = re.compile(r"Stream #\S+: Video: (?P<rest>.*)")
-_SIZE = re.compile(r"(?<![\w/])(\d+)x(\d+)(?=[\s,\[]|$)")
-_FPS = re.compile(r"([\d.]+) fps")
-
-
-def _header(path: Path) -> dict[str, Any]:
-    """The first video stream as ffmpeg's banner describes it."""
-    cmd = [imageio_ffmpeg.get_ffmpeg_exe(), "-nostdin", "-hide_banner", "-i", str(path)]
-    # ffmpeg exits 1 ("no output file") after printing what it found: that is expected.
-    done = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, timeout=60)
-    text = done.stderr.decode("utf-8", "replace")
-    match = _VIDEO_LINE.search(text)
-    if match is None:
-        raise EncodeError(f"cannot read {path.name} as a video: {_tail(done.stderr)}")
-    rest = match["rest"]
-    # split on commas outside parentheses: "yuv420p(tv, bt709)" stays one part
-    parts = [p.strip() for p in re.split(r",\s*(?![^()]*\))", rest)]
-    size = _SIZE.search(rest)
-    fps = _FPS.search(rest)
-    if size is None:
-        raise EncodeError(f"cannot read {path.name} as a video: no frame size in {rest!r}")
-    return {
-        "codec": parts[0].split(" ", 1)[0],
-        "pix_fmt": parts[1].split("(", 1)[0].strip() if len(parts) > 1 else "",
-        "width": int(size[1]),
-        "height": int(size[2]),
-        "fps": float(fps[1]) if fps else 0.0,
-    }
-
-
-def _tail(stderr: bytes) -> str:
-    lines = [ln for ln in stderr.decode("utf-8", "replace").splitlines() if ln.strip()]
-    return lines[-1].strip() if lines else "ffmpeg gave no reason"
+def _average_qp(log: str) -> float:
+    total = weighted = 0.0
+    for _, count, qp in _QP_LINE.findall(log):
+        total += int(count)
+        weighted += int(count) * float(qp)
+    return weighted / total if total else float("nan")
 
 
 # -- clip operations (no GPU) -------------------------------------------------------------------
@@ -358,7 +416,7 @@ def pingpong(
     *,
     byte_budget: int = DEFAULT_BYTE_BUDGET,
     crf: int = DEFAULT_CRF,
-    x264_preset: str = DEFAULT_X264_PRESET,
+    x264_preset: str | None = None,
 ) -> EncodeResult:
     """Loop a clip forwards then backwards. The turn-around frames (last and first) are not
     repeated, so the loop has no stutter: F frames become 2F - 2."""
@@ -378,7 +436,7 @@ def join(
     *,
     byte_budget: int = DEFAULT_BYTE_BUDGET,
     crf: int = DEFAULT_CRF,
-    x264_preset: str = DEFAULT_X264_PRESET,
+    x264_preset: str | None = None,
 ) -> EncodeResult:
     """Append `second` to `first` for Extend. `second` starts on `first`'s last frame, so that
     seam frame is dropped: F1 + F2 - 1 frames. `second` is scaled to `first`'s size when they
@@ -404,7 +462,7 @@ def fit_to_budget(
     dst: PathLike,
     byte_budget: int,
     *,
-    x264_preset: str = DEFAULT_X264_PRESET,
+    x264_preset: str | None = None,
 ) -> EncodeResult:
     """Make an existing clip fit `byte_budget` (an upload limit). A clip that already fits is
     copied unchanged (crf None); otherwise it is re-encoded with a higher CRF or smaller."""
@@ -437,20 +495,18 @@ def fit_to_budget(
             seconds=time.perf_counter() - started,
         )
     frames, fps = read_frames(source)
-    # Assume the source was made at our default CRF and start where the size estimate lands,
-    # so the first attempt is not a copy of the file that was already too big.
-    start = min(SOFT_MAX_CRF, DEFAULT_CRF + max(2, math.ceil(6 * math.log2(size / byte_budget))))
-    result = encode_mp4(
-        frames, dst, fps=fps, byte_budget=byte_budget, crf=start, x264_preset=x264_preset
-    )
-    return _replace_seconds(result, time.perf_counter() - started)
+    frames = _crop_even(frames)
+    # The source is the first encode: its size and coded bytes are measured; its quantizer is
+    # not stored in the file, so take the default CRF that our clips are made at.
+    first = _Setting(frames.shape[2], frames.shape[1], crf=DEFAULT_CRF)
+    prior = (first, size, float(DEFAULT_CRF), _payload_bytes(source) or size)
+    return _encode(frames, Path(dst), fps, byte_budget, DEFAULT_CRF, x264_preset, started, prior)
 
 
 # -- helpers ------------------------------------------------------------------------------------
 
 
-def _as_frames(frames: np.ndarray | Sequence[np.ndarray]) -> np.ndarray:
-    video = frames if isinstance(frames, np.ndarray) else np.stack(list(frames))
+def _as_frames(video: np.ndarray) -> np.ndarray:
     if video.dtype != np.uint8:
         raise ValueError(f"frames must be uint8 RGB, got dtype {video.dtype}")
     if video.ndim != 4 or video.shape[3] != 3:
@@ -485,116 +541,9 @@ def _check_budget(byte_budget: int) -> int:
     return byte_budget
 
 
-def _existing(path: PathLike) -> Path:
-    path = Path(path)
-    if not path.is_file():
-        raise EncodeError(f"{path}: no such file")
-    return path
-
-
 def _human(size: int) -> str:
     if size >= 1024 * 1024:
         return f"{size / (1024 * 1024):.1f} MiB"
     if size >= 1024:
         return f"{size / 1024:.1f} KiB"
     return f"{size} bytes"
-
-
-def _replace_seconds(result: EncodeResult, seconds: float) -> EncodeResult:
-    data = result.to_dict()
-    data["seconds"] = seconds
-    return EncodeResult(**data)
-
-
-# -- MP4 boxes ----------------------------------------------------------------------------------
-# An MP4 is a tree of boxes: 4-byte big-endian size, 4-byte type, payload (size 1: a 64-bit size
-# follows; size 0: to the end of the file). We read only what ffmpeg's banner does not say
-# exactly: the order of the top-level boxes (faststart) and the video track's sample table.
-
-_CONTAINERS = {"moov", "trak", "mdia", "minf", "stbl"}
-
-
-def _boxes(path: Path, start: int, end: int) -> list[tuple[str, int, int]]:
-    """(type, payload offset, payload end) of the boxes between `start` and `end`."""
-    found = []
-    with path.open("rb") as fh:
-        offset = start
-        while offset + 8 <= end:
-            fh.seek(offset)
-            size, kind = struct.unpack(">I4s", fh.read(8))
-            header = 8
-            if size == 1:
-                (size,) = struct.unpack(">Q", fh.read(8))
-                header = 16
-            elif size == 0:
-                size = end - offset
-            if size < header or offset + size > end:
-                break  # truncated or corrupt: report what came before
-            found.append((kind.decode("latin-1"), offset + header, offset + size))
-            offset += size
-    return found
-
-
-def _read(path: Path, offset: int, length: int) -> bytes:
-    with path.open("rb") as fh:
-        fh.seek(offset)
-        return fh.read(length)
-
-
-def _video_stbl(path: Path) -> tuple[Path, int, int, int] | None:
-    """The video track's sample table box and its media timescale."""
-    top = _boxes(path, 0, path.stat().st_size)
-    for kind, start, end in top:
-        if kind != "moov":
-            continue
-        for trak in (b for b in _boxes(path, start, end) if b[0] == "trak"):
-            for mdia in (b for b in _boxes(path, trak[1], trak[2]) if b[0] == "mdia"):
-                children = {b[0]: b for b in _boxes(path, mdia[1], mdia[2])}
-                hdlr, mdhd, minf = children.get("hdlr"), children.get("mdhd"), children.get("minf")
-                if not (hdlr and mdhd and minf):
-                    continue
-                # hdlr: version/flags (4), pre_defined (4), handler_type (4)
-                if _read(path, hdlr[1] + 8, 4) != b"vide":
-                    continue
-                version = _read(path, mdhd[1], 1)[0]
-                # mdhd v0: flags 3, created 4, modified 4, timescale 4; v1 has 8-byte times
-                timescale_at = mdhd[1] + (20 if version == 1 else 12)
-                (timescale,) = struct.unpack(">I", _read(path, timescale_at, 4))
-                for stbl in (b for b in _boxes(path, minf[1], minf[2]) if b[0] == "stbl"):
-                    return path, stbl[1], stbl[2], timescale
-    return None
-
-
-def _sample_count(path: Path) -> int | None:
-    """Frames in the video track, from its `stsz` box (exact, no decoding)."""
-    found = _video_stbl(path)
-    if found is None:
-        return None
-    _, start, end, _ = found
-    for kind, payload, _ in _boxes(path, start, end):
-        if kind == "stsz":
-            # version/flags (4), sample_size (4), sample_count (4)
-            (count,) = struct.unpack(">I", _read(path, payload + 8, 4))
-            return count
-    return None
-
-
-def _fps_of(path: Path, header: dict[str, Any]) -> float:
-    """Frames per second from the sample durations (`stts`), else ffmpeg's banner."""
-    found = _video_stbl(path)
-    if found is not None:
-        _, start, end, timescale = found
-        for kind, payload, _ in _boxes(path, start, end):
-            if kind != "stts" or not timescale:
-                continue
-            (entries,) = struct.unpack(">I", _read(path, payload + 4, 4))
-            table = _read(path, payload + 8, 8 * entries)
-            samples = duration = 0
-            for i in range(entries):
-                count, delta = struct.unpack_from(">II", table, 8 * i)
-                samples += count
-                duration += count * delta
-            if samples and duration:
-                fps = samples * timescale / duration
-                return int(round(fps)) if abs(fps - round(fps)) < 1e-6 else round(fps, 3)
-    return float(header.get("fps") or 0.0)
