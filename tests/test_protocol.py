@@ -6,6 +6,9 @@ from __future__ import annotations
 import inspect
 import json
 import math
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -192,3 +195,26 @@ def test_local_backend_serves_one_pool() -> None:
     assert backend.capacity("ltx-fast") == backend.capacity() == 1
     assert backend.total_slots("ltx-fast") == 1 and backend.served() == {}
     assert backend.error is None and backend.detail is None
+
+
+# -- the Redis transport's layout -----------------------------------------------------------
+
+
+@pytest.mark.timeout(60)
+def test_redis_worker_and_backend_share_modules_but_not_each_other() -> None:
+    """The remote worker never loads the bot-side client and the client never loads the
+    worker: both stand on redis_common/redis_queue only (and neither loads torch)."""
+    code = (
+        "import sys, importlib\n"
+        "first, other = sys.argv[1], sys.argv[2]\n"
+        "importlib.import_module(first)\n"
+        "assert other not in sys.modules, other\n"
+        "assert 'generator.redis_common' in sys.modules\n"
+        "assert 'torch' not in sys.modules\n"
+    )
+    root = Path(__file__).resolve().parent.parent
+    for first, other in (
+        ("generator.redis_worker", "generator.redis_backend"),
+        ("generator.redis_backend", "generator.redis_worker"),
+    ):
+        subprocess.run([sys.executable, "-c", code, first, other], cwd=root, check=True, timeout=60)
