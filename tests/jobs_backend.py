@@ -217,7 +217,7 @@ class FakeBackend:
 class FleetFakeBackend(FakeBackend):
     """A fleet of workers serving several presets, as the Redis backend sees it.
 
-    `served`: served name -> slots. `capacity(preset)`, `total_slots(preset)` and
+    `served`: served name -> slots. `capacity(pool)`, `total_slots(pool)` and
     `route(preset)` follow the Redis backend's rules (None: the `default` model's name, or
     any worker when `default` is None); `served()` lists the names. A job submitted while no
     slot of its route is free is recorded in `misrouted` (the real backend would make it
