@@ -154,19 +154,19 @@ async def _animate(args: argparse.Namespace) -> int:
         print(f"error: generation failed ({result.kind}): {result.message}", file=sys.stderr)
         return 1
     assert isinstance(result, Done)
-    meta = result.meta
+    facts = result.facts
     total = time.monotonic() - started
     print(result.path)
     print(
-        f"seed {seed} · {meta.get('width')}x{meta.get('height')} · {meta.get('num_frames')} frames "
-        f"@ {meta.get('fps')} fps · {meta.get('bytes', 0) / 1e6:.2f} MB"
+        f"seed {seed} · {facts.width}x{facts.height} · {facts.num_frames} frames "
+        f"@ {facts.fps:g} fps · {facts.bytes / 1e6:.2f} MB"
     )
     print(
-        f"generated in {meta.get('gen_seconds', 0):.1f} s · encoded in "
-        f"{meta.get('encode_seconds', 0):.1f} s · {total:.1f} s in all (model load included)"
+        f"generated in {facts.gen_seconds:.1f} s · encoded in "
+        f"{facts.encode_seconds:.1f} s · {total:.1f} s in all (model load included)"
     )
-    if meta.get("note"):
-        print(f"note: {meta['note']}")
+    if facts.note:
+        print(f"note: {facts.note}")
     return 0
 
 

@@ -43,7 +43,8 @@ sys.path.insert(0, str(ROOT))
 from bot import intake  # noqa: E402
 from bot.jobs import JobService, Limits  # noqa: E402
 from bot.store import Store  # noqa: E402
-from generator.redis_backend import RedisBackend, RedisTimings  # noqa: E402
+from generator.redis_backend import RedisBackend  # noqa: E402
+from generator.redis_common import RedisTimings  # noqa: E402
 from tests.redis_server import REDIS_SERVER, RedisServer  # noqa: E402
 
 TIMINGS = RedisTimings()  # production defaults: the overhead must not depend on short timers

@@ -35,6 +35,7 @@ from bot.config import ConfigError, Settings, load_settings
 from bot.delivery import Delivery, RetryPolicy
 from bot.jobs import JobService, Limits
 from bot.store import Store
+from generator.protocol import Backend
 
 log = logging.getLogger("zoetrope.bot")
 
@@ -48,7 +49,7 @@ def configure_discord_endpoints(settings: Settings) -> None:
     discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY = yarl.URL(settings.gateway_url)
 
 
-def build_backend(settings: Settings) -> Any:
+def build_backend(settings: Settings) -> Backend:
     """The generation backend: GPU workers through Redis when ZOETROPE_REDIS_URL is set,
     otherwise one local worker process."""
     if settings.redis_url:
@@ -71,7 +72,7 @@ class ZoetropeBot(discord.Client):
         self,
         settings: Settings,
         *,
-        backend: Any = None,
+        backend: Backend | None = None,
         clock: Callable[[], float] = time.time,
         retry: RetryPolicy | None = None,
         edit_interval: float = 2.0,
@@ -137,7 +138,7 @@ class ZoetropeBot(discord.Client):
         )
         # A backend that reports capacity changes (the Redis backend: a worker appeared or
         # left, a job ended) wakes the dispatcher at once instead of at its next poll.
-        if getattr(self._backend, "on_change", False) is None:
+        if self._backend.on_change is None:
             self._backend.on_change = self.jobs.kick
         self.delivery = Delivery(
             self,

@@ -313,13 +313,12 @@ class Delivery:
     def backend_note(self) -> str | None:
         """Why queued jobs do not start, when it is not the usual model warm-up."""
         backend = self.jobs.backend
-        if getattr(backend, "ready", True):
+        if backend.ready:
             return None
-        error = getattr(backend, "error", None)
-        if error:
-            return f"the model could not be loaded ({error})"
-        detail = getattr(backend, "detail", None)  # RedisBackend: "waiting for a worker"...
-        if isinstance(detail, str) and detail and "loading" not in detail:
+        if backend.error:
+            return f"the model could not be loaded ({backend.error})"
+        detail = backend.detail  # RedisBackend: "waiting for a worker"...
+        if detail and "loading" not in detail:
             return detail
         return None
 

@@ -53,21 +53,19 @@ Public API (the Discord layer codes against this)::
 
 Every refusal is a `bot.errors.ZoetropeError` subclass whose `.message` is fit for Discord.
 
-What the service needs from a backend (generator/backends.py `Backend`): `submit(request)`
-(an async iterator of Progress..., then Done or Failed), `cancel(job_id)`, `capacity()` =
-free slots now, `ready`; and, optionally, its total slots (`total_slots()` or a `slots`
-attribute). With the total, a run keeps its slot until its result is handled, so a crash
-retry (put back at the head of the queue) always gets the freed slot first. The service
-does not start or close the backend: the owner does, closing the service first.
+What the service needs from a backend is `generator.protocol.Backend`: `submit(request)`
+(an async iterator of Progress..., then Done or Failed), `cancel(job_id)`, `ready`, and per
+pool `capacity(pool)` = free slots now and `total_slots(pool)`. With the total, a run keeps
+its slot until its result is handled, so a crash retry (put back at the head of the queue)
+always gets the freed slot first. The service does not start or close the backend: the
+owner does, closing the service first.
 
-Mixed-preset fleets (the Redis backend): when the backend's `capacity(preset)` takes a
-preset, each job waits in the pool of its preset (bot/scheduler.py) and is dispatched as
-soon as a slot *of that preset* is free, in fair order within the preset. A job's preset is
-the request's preset, None meaning the bot's default model; the backend's `route(preset)`,
-when it has one, names the pool (so None and the default model's own name share one pool,
-as they share the workers). `served()` names (a fleet's `local:<folder>` models) are
-accepted as presets besides PRESETS. A backend whose `capacity()` takes no preset
-(LocalBackend) has one pool: every job competes for the same slot.
+Pools: each job waits in the pool `backend.route(preset)` names (bot/scheduler.py) and is
+dispatched as soon as a slot *of that pool* is free, in fair order within it. A job's preset
+is the request's preset, None meaning the bot's default model. The Redis backend routes to
+served names (so None and the default model's own name share one pool, as they share the
+workers); LocalBackend routes everything to one pool. `served()` names (a fleet's
+`local:<folder>` models) are accepted as presets besides PRESETS.
 
 Kinds and rules: `loop` runs on the CPU outside the GPU queue and is not counted against
 the daily quota; `extend` asks for at most what the preset's total-length cap leaves; a
@@ -82,7 +80,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import heapq
-import inspect
 import logging
 import os
 import random
@@ -299,7 +296,7 @@ class JobService:
     def __init__(
         self,
         store: Store,
-        backend: Any,
+        backend: gp.Backend,
         *,
         data_dir: Path,
         limits: Limits | None = None,
@@ -326,8 +323,6 @@ class JobService:
         self.byte_budget = byte_budget
         self.output_retention_days = output_retention_days
         self.default_gen_seconds = default_gen_seconds
-        # A backend whose capacity() takes a preset serves several (mixed worker fleets).
-        self._preset_aware = _takes_argument(getattr(backend, "capacity", None))
         self._scheduler = Scheduler(
             capacity=self._backend_capacity,
             total=self._backend_total,
@@ -709,7 +704,7 @@ class JobService:
 
     @property
     def warming_up(self) -> bool:
-        return not bool(getattr(self.backend, "ready", True))
+        return not self.backend.ready
 
     def position(self, job_id: str) -> int | None:
         """1-based place in the generation queue; None when not waiting for the GPU."""
@@ -963,12 +958,10 @@ class JobService:
         """Preset names a job may ask for: PRESETS, and what the backend's workers serve
         now (`served()`: a fleet's `local:<folder>` models)."""
         names = list(PRESETS)
-        served = getattr(self.backend, "served", None)
-        if callable(served):
-            try:
-                names += [name for name in sorted(served()) if name not in PRESETS]
-            except Exception:  # the backend cannot say now: the built-in presets only
-                log.exception("backend served() failed")
+        try:
+            names += [name for name in sorted(self.backend.served()) if name not in PRESETS]
+        except Exception:  # the backend cannot say now: the built-in presets only
+            log.exception("backend served() failed")
         return names
 
     def _check_preset(self, preset: str | None) -> None:
@@ -1131,7 +1124,7 @@ class JobService:
         meta = job.meta
         first = int(meta.get("clip_frames") or meta.get("num_frames") or job.num_frames or 81)
         rule = int(meta.get("frame_rule") or 4)
-        frames = meta.get("frames")
+        frames = meta.get("duration_frames")
         clip = (
             int(frames.get(job.duration or "standard", first))
             if isinstance(frames, dict)
@@ -1162,39 +1155,18 @@ class JobService:
         self._preset_keys[job.id] = _gen_key(job)
         self._queue_changed()
 
-    def _pool(self, preset: str | None) -> Any:
-        """The scheduler pool of a job of `preset` (None: the bot's default model).
-
-        One pool for everything when the backend's capacity() takes no preset. Otherwise
-        the backend's `route(preset)` when it has one (the Redis backend: the served name
-        the job's SAQ queue is named after, None for "any worker"), else the preset itself.
-        """
-        if not self._preset_aware:
-            return None
-        route = getattr(self.backend, "route", None)
-        if callable(route):
-            try:
-                return route(preset)
-            except Exception:  # a name it cannot route: dispatched, then refused by submit
-                log.exception("backend route(%r) failed", preset)
-                return None
-        return preset
+    def _pool(self, preset: str | None) -> str | None:
+        """The scheduler pool of a job of `preset` (None: the bot's default model): the
+        backend's route (the Redis backend: the served name the job's SAQ queue is named
+        after, None for "any worker"; LocalBackend: None, one pool)."""
+        return self.backend.route(preset)
 
     def _backend_capacity(self, pool: Any) -> int:
-        if self._preset_aware:
-            return int(self.backend.capacity(pool))
-        return int(self.backend.capacity())
+        return int(self.backend.capacity(pool))
 
     def _backend_total(self, pool: Any = None) -> int | None:
-        """The backend's slots in all, busy or not, if it can say: `total_slots(pool)` (the
-        Redis backend) or a `slots` attribute (LocalBackend: one per worker process)."""
-        total_slots = getattr(self.backend, "total_slots", None)
-        if callable(total_slots):
-            if self._preset_aware and _takes_argument(total_slots):
-                return int(total_slots(pool))
-            return int(total_slots())
-        slots = getattr(self.backend, "slots", None)
-        return slots if isinstance(slots, int) else None
+        """The backend's slots in `pool`, busy or not."""
+        return int(self.backend.total_slots(pool))
 
     def _queue_changed(self) -> None:
         if self.position_interval is None or self._closing:
@@ -1357,7 +1329,9 @@ class JobService:
     async def _finish_done(self, job: Job, done: gp.Done, started: float) -> None:
         final = self.outputs_dir / f"{job.id}.mp4"
         produced = Path(done.path)
-        meta = {**job.meta, **done.meta}
+        facts = done.facts
+        meta = {**job.meta, **facts.to_dict()}
+        num_frames = facts.num_frames
         try:
             if job.kind == "extend":
                 joined = self.tmp_dir / f"{job.id}-joined.mp4"
@@ -1370,8 +1344,9 @@ class JobService:
                 )
                 os.replace(joined, final)
                 produced.unlink(missing_ok=True)
+                num_frames = result.frames
                 meta.update(
-                    clip_frames=done.meta.get("num_frames"),
+                    clip_frames=facts.num_frames,
                     num_frames=result.frames,
                     video_width=result.width,
                     video_height=result.height,
@@ -1397,12 +1372,12 @@ class JobService:
                 output_path=str(final),
                 output_bytes=final.stat().st_size,
                 finished_at=now,
-                gen_seconds=float(done.meta.get("gen_seconds") or wall),
-                width=_int_or_none(meta.get("width")),
-                height=_int_or_none(meta.get("height")),
-                num_frames=_int_or_none(meta.get("num_frames")),
-                fps=meta.get("fps"),
-                steps=_int_or_none(meta.get("steps")),
+                gen_seconds=float(facts.gen_seconds or wall),
+                width=facts.width,
+                height=facts.height,
+                num_frames=num_frames,
+                fps=facts.fps,
+                steps=facts.steps,
                 progress_step=None,
                 progress_total=None,
                 stage=None,
@@ -1577,25 +1552,6 @@ class JobService:
 
 def _gen_key(job: Job) -> str:
     return job.preset or "default"
-
-
-def _takes_argument(fn: Any) -> bool:
-    """Whether `fn` can be called with one positional argument (a backend's capacity(preset)
-    or total_slots(preset)); False for capacity() without one (LocalBackend)."""
-    if not callable(fn):
-        return False
-    try:
-        parameters = inspect.signature(fn).parameters.values()
-    except (TypeError, ValueError):
-        return False
-    positional = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
-    return any(
-        p.kind in positional or p.kind is inspect.Parameter.VAR_POSITIONAL for p in parameters
-    )
-
-
-def _int_or_none(value: Any) -> int | None:
-    return int(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
 
 
 def _day(ts: float) -> str:

@@ -1,9 +1,9 @@
 """Where generation runs, behind one interface the bot codes against (DESIGN.md §3).
 
 `LocalBackend` keeps one long-lived worker process (`python -m generator.worker`) per GPU and
-talks to it over pipes with JSON lines. Torch-free: the bot imports this module, the worker
-process is the only one that imports torch. The Redis backend (scale-out) implements the same
-`Backend` protocol.
+talks to it over pipes with JSON lines (generator/local_pipe.py). Torch-free: the bot imports
+this module, the worker process is the only one that imports torch. The Redis backend
+(generator/redis_backend.py) implements the same `Backend` protocol (generator/protocol.py).
 
 Usage::
 
@@ -19,77 +19,34 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import json
 import logging
 import os
 import signal
 import sys
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Mapping
-from enum import StrEnum
+from collections.abc import AsyncIterator, Callable, Mapping
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
 
-from generator.protocol import Event, Failed, GenerationRequest, Progress, event_from_dict
+from generator import local_pipe
+from generator.protocol import (
+    BackendClosed,
+    BackendState,
+    Event,
+    Failed,
+    GenerationRequest,
+    Progress,
+    WorkerStartError,
+    event_from_dict,
+)
 
 log = logging.getLogger("zoetrope.backend")
 
 _PROJECT_ROOT = Path(__file__).resolve().parent.parent
-_LINE_LIMIT = 16 * 1024 * 1024  # one event line; Done's meta is small, but never choke on it
 _STDERR_TAIL = 30  # lines of the worker's log kept to explain a crash
 _CRASH_WINDOW_S = 120.0
 _MAX_CRASHES = 3  # crashes within the window before we stop restarting and report "failed"
-
-
-class BackendState(StrEnum):
-    STOPPED = "stopped"  # not started yet (submit starts it)
-    STARTING = "starting"  # worker process up, model loading: jobs wait ("warming up")
-    READY = "ready"
-    FAILED = "failed"  # the model could not be loaded; `error` says why; start() retries
-    CLOSED = "closed"
-
-
-class BackendClosed(RuntimeError):
-    """The backend was closed; it cannot start again."""
-
-
-class WorkerStartError(RuntimeError):
-    """The worker process could not load the model. `message` is fit to show to a user."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__(message)
-        self.message = message
-
-
-@runtime_checkable
-class Backend(Protocol):
-    """What the bot needs from a place that runs generations.
-
-    `submit(request)` is an async generator: iterate it with `async for`. It yields Progress
-    events, then exactly one Done or Failed, then stops. Leaving the loop early cancels the job.
-
-    A backend serving several presets (RedisBackend) also takes a preset in
-    `capacity(preset=None)` and offers `route(preset)` (where a job of that preset runs) and
-    `served()` (names -> slots); the bot then dispatches per preset. `Failed("requeue")` hands
-    a job back unfinished (the generator is stopping): the bot queues it again, no attempt lost.
-    """
-
-    @property
-    def state(self) -> BackendState: ...
-
-    @property
-    def ready(self) -> bool: ...
-
-    async def start(self) -> None: ...
-
-    def submit(self, request: GenerationRequest) -> AsyncIterator[Event]: ...
-
-    async def cancel(self, job_id: str) -> None: ...
-
-    def capacity(self) -> int: ...
-
-    async def close(self) -> None: ...
 
 
 @dataclasses.dataclass(eq=False)
@@ -118,6 +75,9 @@ class LocalBackend:
     - Jobs submitted while the model loads wait and see `Progress(0, 0, "load")`.
     - A worker that dies mid-job fails that job with `Failed("crash")` and is restarted.
     - `env` holds extra environment variables for the worker, on top of ours.
+
+    One model, one pool: `route()` is always None, `served()` names nothing beyond the
+    built-in presets, `total_slots()` is `slots`.
     """
 
     slots = 1
@@ -131,6 +91,7 @@ class LocalBackend:
         env: Mapping[str, str] | None = None,
         start_timeout: float = 900.0,
         stop_timeout: float = 10.0,
+        on_change: Callable[[], None] | None = None,
     ) -> None:
         if not model or not isinstance(model, str):
             raise ValueError(f"model must be a preset name, 'auto' or a folder, got {model!r}")
@@ -142,6 +103,7 @@ class LocalBackend:
         self.env = dict(env or {})
         self.start_timeout = start_timeout
         self.stop_timeout = stop_timeout
+        self.on_change = on_change
 
         self._state = BackendState.STOPPED
         self._proc: asyncio.subprocess.Process | None = None
@@ -175,6 +137,11 @@ class LocalBackend:
         return self._error
 
     @property
+    def detail(self) -> str | None:
+        """No status note beyond `state` and `error`: the only wait is the model loading."""
+        return None
+
+    @property
     def info(self) -> dict[str, Any]:
         """What the worker said when it became ready (model, preset, fps, device...)."""
         return dict(self._info)
@@ -184,12 +151,21 @@ class LocalBackend:
         """The worker process id, None when no worker runs."""
         return self._proc.pid if self._proc is not None else None
 
-    def capacity(self) -> int:
+    def route(self, preset: str | None) -> str | None:
+        return None
+
+    def capacity(self, pool: str | None = None) -> int:
         """Free slots now: 1 when no job is held (also while the model loads), else 0."""
         if self._state in (BackendState.FAILED, BackendState.CLOSED):
             return 0
         busy = len(self._waiting) + (self._running is not None)
         return max(0, self.slots - busy)
+
+    def total_slots(self, pool: str | None = None) -> int:
+        return self.slots
+
+    def served(self) -> dict[str, int]:
+        return {}
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -232,7 +208,7 @@ class LocalBackend:
                 await self._restart
         proc, watcher = self._proc, self._watcher
         if proc is not None and watcher is not None:
-            self._send({"op": "shutdown"})
+            self._send(local_pipe.shutdown())
             with contextlib.suppress(Exception):
                 if proc.stdin is not None:
                     proc.stdin.close()  # EOF also means shutdown to the worker
@@ -299,7 +275,7 @@ class LocalBackend:
             job.put(Failed("cancelled", "Cancelled before it started."))
         elif job is self._running and not job.cancel_sent:
             job.cancel_sent = True
-            self._send({"op": "cancel", "job_id": job_id})
+            self._send(local_pipe.cancel(job_id))
 
     # -- internals ----------------------------------------------------------------------------
 
@@ -311,7 +287,7 @@ class LocalBackend:
             self._waiting.remove(job)
         elif job is self._running and not job.cancel_sent:
             job.cancel_sent = True
-            self._send({"op": "cancel", "job_id": job.job_id})
+            self._send(local_pipe.cancel(job.job_id))
 
     def _set_state(self, state: BackendState) -> None:
         if self._closing and state is not BackendState.CLOSED:
@@ -345,7 +321,7 @@ class LocalBackend:
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.PIPE,
                 env=env,
-                limit=_LINE_LIMIT,
+                limit=local_pipe.LINE_LIMIT,
             )
         except OSError as exc:
             self._fail_start(f"cannot start the worker process ({self.python}): {exc}")
@@ -394,9 +370,7 @@ class LocalBackend:
 
     def _on_line(self, line: bytes) -> None:
         try:
-            message = json.loads(line)
-            if not isinstance(message, dict):
-                raise ValueError("not an object")
+            message = local_pipe.decode_line(line)
         except ValueError:
             log.warning("worker sent a line that is not a JSON object: %r", line[:200])
             return
@@ -405,6 +379,7 @@ class LocalBackend:
             self._info = {k: v for k, v in message.items() if k != "type"}
             self._set_state(BackendState.READY)
             self._pump()
+            self._changed()
         elif kind == "loading":
             step, total = int(message.get("step", 0)), int(message.get("total", 0))
             for job in self._waiting:
@@ -426,14 +401,11 @@ class LocalBackend:
         except (TypeError, ValueError) as exc:
             log.warning("worker sent a bad event for %r (%s): %r", job_id, exc, data)
             return
-        if self._closing and isinstance(event, Failed) and event.kind == "crash":
-            # The worker reports the job it stopped for our shutdown as a crash: it is not
-            # the job's fault, so it goes back to the queue without costing an attempt.
-            event = Failed("requeue", event.message)
         job.put(event)
         if not isinstance(event, Progress):
             self._running = None
             self._pump()
+            self._changed()
 
     def _pump(self) -> None:
         """Hand the next waiting job to the worker when it is ready and idle."""
@@ -444,7 +416,7 @@ class LocalBackend:
             if job.finished:
                 continue
             self._running = job
-            self._send({"op": "generate", "request": dataclasses.asdict(job.request)})
+            self._send(local_pipe.generate(job.request))
             return
 
     def _send(self, message: dict[str, Any]) -> None:
@@ -452,7 +424,7 @@ class LocalBackend:
         if proc is None or proc.stdin is None or proc.stdin.is_closing():
             return
         try:
-            proc.stdin.write((json.dumps(message) + "\n").encode())
+            proc.stdin.write(local_pipe.encode_line(message).encode())
         except (BrokenPipeError, ConnectionResetError) as exc:
             # The watcher sees the exit and reports it; nothing to do here.
             log.warning("cannot write to worker %s: %s", proc.pid, exc)
@@ -496,6 +468,13 @@ class LocalBackend:
         self._restart = asyncio.create_task(self._spawn(), name="worker-restart")
         self._restart.add_done_callback(_log_task_error)
 
+    def _changed(self) -> None:
+        if self.on_change is not None:
+            try:
+                self.on_change()
+            except Exception:
+                log.exception("on_change callback failed")
+
     def _fail_start(self, reason: str) -> None:
         log.error("generator failed to start: %s", reason)
         self._error = reason
@@ -503,16 +482,6 @@ class LocalBackend:
         for job in list(self._waiting):
             job.put(Failed("error", f"The generator failed to start: {reason}"))
         self._waiting.clear()
-
-
-def __getattr__(name: str) -> Any:
-    # RedisBackend lives in generator/redis_backend.py (it imports this module and needs saq
-    # and redis): reachable as generator.backends.RedisBackend without importing it eagerly.
-    if name == "RedisBackend":
-        from generator.redis_backend import RedisBackend
-
-        return RedisBackend
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _describe_exit(code: int) -> str:

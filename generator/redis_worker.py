@@ -25,7 +25,6 @@ import asyncio
 import concurrent.futures
 import contextlib
 import dataclasses
-import json
 import logging
 import os
 import re
@@ -35,17 +34,14 @@ import socket
 import sys
 import tempfile
 import threading
-import time
 import uuid
 from pathlib import Path
 from typing import Any
 
-from saq import Worker
 from saq.job import TERMINAL_STATUSES, Job
 
-from generator.protocol import Done, Failed, GenerationRequest, Progress, event_to_dict
-from generator.redis_backend import (
-    DATA_TTL_S,
+from generator.protocol import Done, Failed, GenerationRequest
+from generator.redis_common import (
     DEFAULT_NAMESPACE,
     GENERATE,
     MAX_INPUT_BYTES,
@@ -53,17 +49,19 @@ from generator.redis_backend import (
     UNREACHABLE,
     Keys,
     RedisTimings,
-    ZoetropeQueue,
+    WorkerInfo,
     check_served,
     check_url,
     connect,
     redacted,
+    served_name,
     stop_task,
 )
+from generator.redis_events import AttemptEvents
+from generator.redis_queue import QuietWorker, ZoetropeQueue
 
 log = logging.getLogger("zoetrope.redis_worker")
 
-FINAL_RETRY_S = 600.0  # how long a finished job's result is retried while Redis is away
 STOP_WAIT_S = 120.0  # how long a stopping worker waits for its running jobs to reach a step
 EXIT_BAD_INPUT = 2
 
@@ -81,93 +79,6 @@ class _Run:
         if self.reason is None:
             self.reason = reason
         self.flag.set()
-
-
-class _Events:
-    """Sends one attempt's events to its Redis stream. Progress is coalesced (only the latest
-    is sent when the thread outruns Redis) and dropped while Redis is away; the final event is
-    retried until it lands or FINAL_RETRY_S passes."""
-
-    def __init__(self, worker: RedisWorker, key: str) -> None:
-        self._worker = worker
-        self._redis = worker.redis
-        self._stream = worker.keys.events(key)
-        self._key = key
-        self._loop = asyncio.get_running_loop()
-        self._latest: Progress | None = None
-        self._pending = asyncio.Event()
-        self._closed = False
-        self._task = asyncio.create_task(self._send_progress(), name=f"progress-{key}")
-
-    def progress(self, event: Progress) -> None:
-        """Called from the generation thread."""
-        self._loop.call_soon_threadsafe(self._set, event)
-
-    def _set(self, event: Progress) -> None:
-        self._latest = event
-        self._pending.set()
-
-    async def _send_progress(self) -> None:
-        while not self._closed:
-            await self._pending.wait()
-            self._pending.clear()
-            event, self._latest = self._latest, None
-            if event is None or self._closed:
-                continue
-            with contextlib.suppress(*UNREACHABLE):
-                await self._xadd(event_to_dict(event))
-
-    async def _stop_progress(self) -> None:
-        self._closed = True
-        self._pending.set()  # wakes the sender, which sees the flag and ends
-        await stop_task(self._task)
-
-    async def _xadd(self, data: dict[str, Any], output: bytes | None = None) -> None:
-        async with self._redis.pipeline(transaction=True) as pipe:
-            if output is not None:
-                # In the same transaction as Done: the event never exists without the clip.
-                pipe.set(self._worker.keys.output(self._key), output, ex=DATA_TTL_S)
-            fields = {"e": json.dumps(data, default=str), "w": self._worker.worker_id}
-            pipe.xadd(self._stream, fields, maxlen=200, approximate=True)
-            pipe.expire(self._stream, DATA_TTL_S)
-            await pipe.execute()
-
-    def close(self) -> None:
-        self._closed = True
-        self._pending.set()
-
-    async def final(self, event: Done | Failed, output: bytes | None = None) -> bool:
-        await self._stop_progress()  # no progress may land after the final event
-        deadline = time.monotonic() + FINAL_RETRY_S
-        backoff = 0.2
-        while True:
-            try:
-                await self._xadd(event_to_dict(event), output)
-                return True
-            except UNREACHABLE as exc:
-                if time.monotonic() > deadline:
-                    log.error("attempt %s: result lost, Redis unreachable (%s)", self._key, exc)
-                    return False
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 5.0)
-
-
-class _Worker(Worker):
-    """SAQ's worker, quiet about Redis outages in its upkeep tasks (SAQ logs a traceback per
-    task and second; our registration loop says it once)."""
-
-    async def abort(self, abort_threshold: float) -> None:
-        with contextlib.suppress(*UNREACHABLE):
-            await super().abort(abort_threshold)
-
-    async def schedule(self, lock: int = 1) -> None:
-        with contextlib.suppress(*UNREACHABLE):
-            await super().schedule(lock)
-
-    async def worker_info(self, ttl: int = 60) -> Any:
-        with contextlib.suppress(*UNREACHABLE):
-            return await super().worker_info(ttl)
-        return None
 
 
 class RedisWorker:
@@ -199,7 +110,7 @@ class RedisWorker:
         self.max_output_bytes = max_output_bytes
         host = re.sub(r"[^A-Za-z0-9_.-]", "-", socket.gethostname())[:40] or "host"
         self.worker_id = f"{host}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
-        self.served = "auto" if model == "auto" else _guess_served(model)
+        self.served = "auto" if model == "auto" else served_name(model)
         self.state = "loading"
         self.redis = connect(url)
         self._cores: list[Any] = []  # WorkerCore, one per slot; the free ones
@@ -231,7 +142,7 @@ class RedisWorker:
         )
         register = asyncio.create_task(self._register_loop(), name="register")
         cancels: asyncio.Task[None] | None = None
-        saq_worker: _Worker | None = None
+        saq_worker: QuietWorker | None = None
         saq_task: asyncio.Task[None] | None = None
         try:
             loaded = await self._load(stop)
@@ -245,7 +156,7 @@ class RedisWorker:
             queue = ZoetropeQueue(
                 self.redis, self.keys.queue_name(self.served), timings=self.timings
             )
-            saq_worker = _Worker(
+            saq_worker = QuietWorker(
                 queue,
                 functions=[(GENERATE, self._generate)],
                 id=self.worker_id,
@@ -352,17 +263,16 @@ class RedisWorker:
     # -- registration and cancels -------------------------------------------------------------
 
     def _registration(self) -> str:
-        return json.dumps(
-            {
-                "served": self.served,
-                "slots": self.slots,
-                "busy": len(self._runs),
-                "state": self.state,
-                "host": socket.gethostname()[:100],
-                "pid": os.getpid(),
-                "model": Path(self.model).name if os.sep in self.model else self.model,
-            }
-        )
+        return WorkerInfo(
+            worker_id=self.worker_id,
+            served=self.served,
+            slots=self.slots,
+            busy=len(self._runs),
+            state=self.state,
+            host=socket.gethostname()[:100],
+            pid=os.getpid(),
+            model=Path(self.model).name if os.sep in self.model else self.model,
+        ).to_json()
 
     async def _register(self) -> None:
         async with self.redis.pipeline(transaction=True) as pipe:
@@ -451,7 +361,7 @@ class RedisWorker:
 
     async def _generate_and_report(self, job: Job, request: Any) -> dict[str, Any]:
         key = job.key
-        events = _Events(self, key)
+        events = AttemptEvents(self.redis, self.keys, self.worker_id, key)
         run = _Run(key)
         self._runs[key] = run  # before the cancel-key check: a cancel cannot slip between
         outcome: Done | Failed
@@ -461,7 +371,9 @@ class RedisWorker:
                 run.cancel("shutdown")
             elif await self.redis.exists(self.keys.cancel(key)):
                 run.cancel("member")
-            if run.flag.is_set():
+            if run.reason == "shutdown":
+                outcome = Failed("requeue", "The worker was stopped before this job started.")
+            elif run.flag.is_set():
                 outcome = Failed("cancelled", "Cancelled before it started.")
             else:
                 with contextlib.suppress(*UNREACHABLE):
@@ -476,8 +388,6 @@ class RedisWorker:
             outcome = Failed("crash", f"The worker failed: {type(exc).__name__}: {exc}")
         finally:
             self._runs.pop(key, None)
-        if isinstance(outcome, Failed) and outcome.kind == "cancelled" and run.reason == "shutdown":
-            outcome = Failed("requeue", "The worker was stopped before this job finished.")
         if run.reason == "lost":
             log.info("attempt %s: dropped (swept or lost in Redis)", key)
             await events.final(Failed("crash", "The worker lost this job."))
@@ -494,7 +404,7 @@ class RedisWorker:
         return {"outcome": kind}
 
     async def _run(
-        self, job: Job, run: _Run, data: Any, events: _Events
+        self, job: Job, run: _Run, data: Any, events: AttemptEvents
     ) -> tuple[Done | Failed, bytes | None]:
         heartbeat = asyncio.create_task(self._heartbeat(job, run), name=f"heartbeat-{run.key}")
         workdir = Path(tempfile.mkdtemp(prefix="zoetrope-job-"))
@@ -517,7 +427,11 @@ class RedisWorker:
                 result = await self._in_thread(
                     run,
                     lambda: core.run(
-                        request, on_progress=events.progress, should_cancel=run.flag.is_set
+                        request,
+                        on_progress=events.progress,
+                        should_cancel=run.flag.is_set,
+                        # SIGTERM: the job is handed back, not failed
+                        stopping=lambda: run.reason == "shutdown",
                     ),
                 )
             finally:
@@ -531,9 +445,8 @@ class RedisWorker:
                     f"The clip is {size} bytes, over the {self.max_output_bytes} byte limit.",
                 ), None
             clip = await asyncio.to_thread(output_path.read_bytes)
-            meta = dict(result.meta)
-            meta.update(worker=self.worker_id, served=self.served)
-            return Done("", json.loads(json.dumps(meta, default=str))), clip
+            facts = dataclasses.replace(result.facts, worker=self.worker_id, served=self.served)
+            return Done("", facts), clip
         finally:
             run.finished = True  # the heartbeat loop's stop flag
             await stop_task(heartbeat)
@@ -577,14 +490,6 @@ def _settle(future: asyncio.Future[Any], result: Any, exc: BaseException | None)
         future.set_exception(exc)
     else:
         future.set_result(result)
-
-
-def _guess_served(model: str) -> str:
-    """The served name before the model is loaded (the loaded preset's name replaces it)."""
-    path = Path(model).expanduser()
-    if path.is_dir() or os.sep in model:
-        return check_served(f"local:{path.name}")
-    return check_served(model)
 
 
 def run_redis_worker(

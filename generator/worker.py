@@ -2,22 +2,19 @@
 
     python -m generator.worker --model MODEL [--device DEVICE]
 
-Started as a fresh subprocess by `LocalBackend` (CUDA and fork do not mix). It speaks JSON
-lines:
-
-- stdin, commands: {"op": "generate", "request": {...}}, {"op": "cancel", "job_id": "..."},
-  {"op": "shutdown"}. End of input means the parent is gone: the worker stops.
-- stdout, events: {"type": "loading", "step", "total"} while the model loads, then
-  {"type": "ready", ...model info}, or {"type": "error", "stage": "load", "message"} and exit
-  code 1; per job {"job_id": "...", "event": event_to_dict(Progress | Done | Failed)}.
+Started as a fresh subprocess by `LocalBackend` (CUDA and fork do not mix). It speaks the
+JSON-lines messages of generator/local_pipe.py: commands on stdin, events on stdout.
 
 Only the protocol is written to the real stdout: at start-up the stdout file descriptor is
 duplicated for events, and fd 1 / sys.stdout are pointed at stderr, so a stray print from
 torch, diffusers or a C library lands in the log instead of corrupting the protocol.
 
-`WorkerCore` runs one request synchronously (generate, OOM retry, encode, meta) with
-`on_progress` / `should_cancel` callbacks; the stdio loop here and the Redis worker (scale-out)
-both sit on top of it.
+`WorkerCore` runs one request synchronously (generate, OOM retry, encode, the clip's facts)
+with `on_progress` / `should_cancel` / `stopping` callbacks; the stdio loop here and the Redis
+worker (generator/redis_worker.py) both sit on top of it.
+
+A job stopped because the worker itself stops (shutdown, SIGTERM) ends as `Failed("requeue")`
+right here, where the reason is known: it did not fail, it was handed back.
 """
 
 from __future__ import annotations
@@ -26,7 +23,6 @@ import argparse
 import contextlib
 import dataclasses
 import gc
-import json
 import logging
 import os
 import queue
@@ -37,8 +33,8 @@ import time
 from collections.abc import Callable
 from typing import IO, Any
 
-from generator import encode
-from generator.protocol import Done, Event, Failed, GenerationRequest, Progress, event_to_dict
+from generator import encode, local_pipe
+from generator.protocol import ClipFacts, Done, Event, Failed, GenerationRequest, Progress
 
 log = logging.getLogger("zoetrope.worker")
 
@@ -106,8 +102,13 @@ class WorkerCore:
         *,
         on_progress: ProgressFn = _ignore,
         should_cancel: CancelFn = _never,
+        stopping: CancelFn = _never,
     ) -> Done | Failed:
-        """Generate, encode to `request.output_path`, and say how it went."""
+        """Generate, encode to `request.output_path`, and say how it went.
+
+        `should_cancel` stops the job at its next step; if `stopping()` is then true the
+        worker is shutting down and the job is handed back (`Failed("requeue")`), else the
+        member cancelled it (`Failed("cancelled")`)."""
         from generator.pipeline import BadRequest, GenerationCancelled, OutOfMemory
 
         started = time.perf_counter()
@@ -138,8 +139,11 @@ class WorkerCore:
                 clip.frames, request.output_path, fps=clip.fps, byte_budget=request.byte_budget
             )
             on_progress(Progress(1, 1, "encode"))
-            return Done(result.path, self._meta(request, clip, result, gen_seconds, oom_retry))
+            facts = self._facts(request, clip, result, gen_seconds, oom_retry)
+            return Done(result.path, facts)
         except GenerationCancelled:
+            if stopping():
+                return Failed("requeue", "The generator shut down before this job finished.")
             return Failed("cancelled", "Cancelled.")
         except OutOfMemory as exc:
             _free_memory()
@@ -153,37 +157,51 @@ class WorkerCore:
             log.exception("job %s failed", request.job_id)
             return Failed("error", f"{type(exc).__name__}: {exc}")
 
-    def _meta(
+    def _facts(
         self,
         request: GenerationRequest,
         clip: Any,
         result: encode.EncodeResult,
         gen_seconds: float,
         oom_retry: bool,
-    ) -> dict[str, Any]:
-        meta = dict(clip.meta)
-        timings = dict(meta.get("timings") or {})
+    ) -> ClipFacts:
+        meta = clip.meta
+        timings = {str(k): float(v) for k, v in dict(meta.get("timings") or {}).items()}
         timings.update(generate=round(gen_seconds, 3), encode=round(result.seconds, 3))
-        meta.setdefault("width", result.width)
-        meta.setdefault("height", result.height)
-        meta.setdefault("num_frames", result.frames)
-        meta.setdefault("fps", result.fps)
-        meta.setdefault("gen_seconds", round(gen_seconds, 3))
-        meta.update(
-            job_id=request.job_id,
-            seed=request.seed,
-            degraded=request.degraded,
-            oom_retry=oom_retry,
+        # The rules of the preset actually used (after load: a local folder's rules come from
+        # its VAE), so the bot can size an Extend of a `local:` model, which PRESETS lacks.
+        preset = getattr(self.generator, "preset", None)
+        return ClipFacts(
+            width=int(meta.get("width") or result.width),
+            height=int(meta.get("height") or result.height),
+            num_frames=int(meta.get("num_frames") or result.frames),
+            fps=float(meta.get("fps") or result.fps),
             bytes=result.bytes,
-            crf=result.crf,
-            fits=result.fits,
-            note=result.note,
-            video_width=result.width,  # the file's size; smaller than width when downscaled
+            video_width=result.width,
             video_height=result.height,
+            fits=result.fits,
+            crf=result.crf,
+            note=result.note,
+            steps=_int_or_none(meta.get("steps")),
+            seed=request.seed,
+            preset=meta.get("preset") or getattr(preset, "name", None),
+            frame_rule=getattr(preset, "frame_rule", None),
+            max_clip_frames=getattr(preset, "max_clip_frames", None),
+            max_frames=getattr(preset, "max_frames", None),
+            duration_frames=dict(getattr(preset, "frames", None) or {}),
+            gen_seconds=round(float(meta.get("gen_seconds") or gen_seconds), 3),
             encode_seconds=round(result.seconds, 3),
             timings=timings,
+            degraded=request.degraded,
+            oom_retry=oom_retry,
+            device=str(meta["device"]) if meta.get("device") else None,
+            speedups=tuple(str(name) for name in meta.get("speedups") or ()),
+            lora=str(meta["lora"]) if meta.get("lora") else None,
         )
-        return meta
+
+
+def _int_or_none(value: Any) -> int | None:
+    return int(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
 
 
 def _free_memory() -> None:
@@ -214,16 +232,16 @@ class StdioServer:
     # events
 
     def send(self, message: dict[str, Any]) -> None:
-        line = json.dumps(message, default=str)
+        line = local_pipe.encode_line(message)
         with self._write_lock:
             try:
-                self._out.write(line + "\n")
+                self._out.write(line)
                 self._out.flush()
             except (BrokenPipeError, ValueError):
                 self._stop.set()  # the parent is gone; nobody reads events any more
 
     def send_event(self, job_id: str, event: Event) -> None:
-        self.send({"job_id": job_id, "event": event_to_dict(event)})
+        self.send(local_pipe.job_event(job_id, event))
 
     def load_progress(self, *args: Any) -> None:
         """`on_progress` for VideoGenerator.load: a Progress, or (step, total)."""
@@ -233,7 +251,7 @@ class StdioServer:
             step, total = int(args[0]), int(args[1])
         else:
             return
-        self.send({"type": "loading", "step": step, "total": total})
+        self.send(local_pipe.loading(step, total))
         with self._lock:
             waiting = list(self._pending)
         for job_id in waiting:
@@ -263,11 +281,11 @@ class StdioServer:
 
     def handle(self, line: bytes) -> None:
         try:
-            message = json.loads(line)
-            op = message.get("op") if isinstance(message, dict) else None
+            message = local_pipe.decode_line(line)
         except ValueError:
-            log.error("ignored a command that is not JSON: %r", line[:200])
+            log.error("ignored a command that is not a JSON object: %r", line[:200])
             return
+        op = message.get("op")
         if op == "generate":
             self._enqueue(message.get("request"))
         elif op == "cancel":
@@ -332,10 +350,9 @@ class StdioServer:
                     request,
                     on_progress=lambda p, j=job_id: self.send_event(j, p),
                     should_cancel=lambda j=job_id: j in self._cancelled or self._stop.is_set(),
+                    # a member's cancel wins over a shutdown that comes after it
+                    stopping=lambda j=job_id: self._stop.is_set() and j not in self._cancelled,
                 )
-                stopped = isinstance(result, Failed) and result.kind == "cancelled"
-                if stopped and job_id not in self._cancelled:  # a shutdown, not a member
-                    result = Failed("crash", "The generator shut down before this job finished.")
             finally:
                 with self._lock:
                     self._running = None
@@ -344,7 +361,7 @@ class StdioServer:
         with self._lock:
             left, self._pending = list(self._pending), {}
         for job_id in left:
-            self.send_event(job_id, Failed("crash", "The generator shut down before this job."))
+            self.send_event(job_id, Failed("requeue", "The generator shut down before this job."))
 
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -375,9 +392,9 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:
         log.exception("cannot load model %r", args.model)
         message = str(exc).strip() or type(exc).__name__
-        server.send({"type": "error", "stage": "load", "message": message})
+        server.send(local_pipe.load_error(message))
         return 1
-    server.send({"type": "ready", **core.info()})
+    server.send(local_pipe.ready(core.info()))
     log.info("ready: %s", core.info())
     server.serve(core)
     with contextlib.suppress(Exception):

@@ -1,4 +1,4 @@
-"""A test backend: the Backend protocol of generator/backends.py in plain asyncio.
+"""A test backend: the Backend protocol of generator/protocol.py in plain asyncio.
 
 It is a fake at our own seam (the job layer's view of a GPU worker), with knobs the real
 worker cannot offer on demand: scripted failures per submit, a gate that holds jobs
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter, deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +17,15 @@ import numpy as np
 
 from generator import encode
 from generator.presets import PRESETS
-from generator.protocol import Done, Event, Failed, GenerationRequest, Progress
+from generator.protocol import (
+    BackendState,
+    ClipFacts,
+    Done,
+    Event,
+    Failed,
+    GenerationRequest,
+    Progress,
+)
 
 # Outcomes a submit can be scripted to have ("requeue": the worker gives the job back after
 # its first step, as a stopping worker does).
@@ -53,6 +61,7 @@ class FakeBackend:
         self.size = size
         self.fps = fps
         self._ready = ready
+        self.on_change: Callable[[], None] | None = None
         self.closed = False
         self.requests: list[GenerationRequest] = []  # every submit, in order
         self.cancels: list[str] = []
@@ -68,8 +77,18 @@ class FakeBackend:
         return self._ready and not self.closed
 
     @property
-    def state(self) -> str:
-        return "closed" if self.closed else "ready" if self._ready else "starting"
+    def state(self) -> BackendState:
+        if self.closed:
+            return BackendState.CLOSED
+        return BackendState.READY if self._ready else BackendState.STARTING
+
+    @property
+    def error(self) -> str | None:
+        return None
+
+    @property
+    def detail(self) -> str | None:
+        return None
 
     async def start(self) -> None:
         self._ready = True
@@ -77,8 +96,17 @@ class FakeBackend:
     async def close(self) -> None:
         self.closed = True
 
-    def capacity(self) -> int:
+    def route(self, preset: str | None) -> str | None:
+        return None  # one pool, as LocalBackend
+
+    def capacity(self, pool: str | None = None) -> int:
         return 0 if self.closed else max(0, self.slots - len(self.held))
+
+    def total_slots(self, pool: str | None = None) -> int:
+        return self.slots
+
+    def served(self) -> dict[str, int]:
+        return {}
 
     async def cancel(self, job_id: str) -> None:
         self.cancels.append(job_id)
@@ -109,8 +137,8 @@ class FakeBackend:
                 yield Failed(outcome, f"scripted {outcome}")
                 return
             yield Progress(0, 1, "encode")
-            meta = await asyncio.to_thread(self._write_output, request)
-            yield Done(request.output_path, meta)
+            facts = await asyncio.to_thread(self._write_output, request)
+            yield Done(request.output_path, facts)
         finally:
             self.held.pop(request.job_id, None)
 
@@ -158,7 +186,7 @@ class FakeBackend:
         preset = PRESETS.get(request.preset or "")
         return preset.frames_for(request.duration) if preset else self.frames
 
-    def _write_output(self, request: GenerationRequest) -> dict[str, Any]:
+    def _write_output(self, request: GenerationRequest) -> ClipFacts:
         count = self._frame_count(request)
         path = Path(request.output_path)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -171,22 +199,25 @@ class FakeBackend:
             encode.encode_mp4(frames, path, fps=self.fps, byte_budget=request.byte_budget)
         else:
             path.write_bytes(b"not really an mp4 " + request.job_id.encode())
-        return {
-            "preset": request.preset or "fake",
-            "width": self.size,
-            "height": self.size,
-            "num_frames": count,
-            "fps": self.fps,
-            "steps": self.steps,
-            "gen_seconds": 0.01,
-            "seed": request.seed,
-        }
+        return ClipFacts(
+            preset=request.preset or "fake",
+            width=self.size,
+            height=self.size,
+            video_width=self.size,
+            video_height=self.size,
+            num_frames=count,
+            fps=self.fps,
+            bytes=path.stat().st_size,
+            steps=self.steps,
+            gen_seconds=0.01,
+            seed=request.seed,
+        )
 
 
 class FleetFakeBackend(FakeBackend):
     """A fleet of workers serving several presets, as the Redis backend sees it.
 
-    `served`: served name -> slots. `capacity(preset)`, `total_slots(preset)` and
+    `served`: served name -> slots. `capacity(pool)`, `total_slots(pool)` and
     `route(preset)` follow the Redis backend's rules (None: the `default` model's name, or
     any worker when `default` is None); `served()` lists the names. A job submitted while no
     slot of its route is free is recorded in `misrouted` (the real backend would make it
@@ -210,14 +241,14 @@ class FleetFakeBackend(FakeBackend):
         busy = Counter(self.placed.values())
         return {name: n - busy[name] for name, n in self.served_slots.items()}
 
-    def total_slots(self, preset: str | None = None) -> int:
-        name = self.route(preset)
+    def total_slots(self, pool: str | None = None) -> int:
+        name = self.route(pool)
         return self.served_slots.get(name, 0) if name else sum(self.served_slots.values())
 
-    def capacity(self, preset: str | None = None) -> int:  # type: ignore[override]
+    def capacity(self, pool: str | None = None) -> int:
         if self.closed:
             return 0
-        name = self.route(preset)
+        name = self.route(pool)
         free = self._free()
         if name is None:
             return sum(max(0, n) for n in free.values())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import io
 import os
 import signal
@@ -565,6 +566,38 @@ async def test_extend_and_loop_frame_counts(make_env) -> None:
     Path(parent.output_path).unlink()
     with pytest.raises(NotFound, match="no longer kept"):
         await env.service.loop(parent.id, user_id=4)
+
+
+class LocalFolderBackend(FakeBackend):
+    """Reports what a worker running a `local:` folder reports: the folder's own frame grid
+    (8k+1, as LTX) and caps, which no entry in PRESETS knows."""
+
+    def _write_output(self, request: gp.GenerationRequest) -> gp.ClipFacts:
+        return dataclasses.replace(
+            super()._write_output(request),
+            preset="local:tiny-ltx",
+            frame_rule=8,
+            max_clip_frames=17,
+            max_frames=29,
+            duration_frames={"short": 9, "standard": 17, "long": 17},
+        )
+
+
+async def test_extend_follows_the_frame_rules_a_local_model_reports(make_env) -> None:
+    """Extend of a `local:` model's clip uses the frame rule and caps its worker reported, not a 4k+1 grid and 3x the clip."""
+    backend = LocalFolderBackend(real_video=True, frames=17)
+    env = await make_env(backend, Limits(pending_per_user=5))
+    parent = await env.wait((await env.submit()).id)  # the bot's default model: no preset
+    assert parent.status == "done" and parent.num_frames == 17
+    assert parent.meta["frame_rule"] == 8 and parent.meta["max_frames"] == 29
+    child = await env.wait((await env.service.extend(parent.id, user_id=2)).id)
+    assert child.status == "done", child.error
+    # 29 - 17 + 1 = 13 frames of room, snapped down to the 8k+1 grid (a 4k+1 grid: 13)
+    assert backend.requests[-1].num_frames == 9
+    assert child.num_frames == 17 + 9 - 1 == encode.probe(child.output_path)["frames"]
+    # 29 - 25 + 1 = 5 frames of room: nothing on an 8k+1 grid fits (a 4k+1 grid would take 5)
+    with pytest.raises(LimitReached, match="already as long as it can get"):
+        await env.service.extend(child.id, user_id=2)
 
 
 # -- positions, ETAs, summaries, housekeeping -----------------------------------------

@@ -40,9 +40,9 @@ if REDIS_SERVER is not None:  # imported lazily below otherwise: nothing to run
     from bot.jobs import Progress as JobProgress
     from bot.scheduler import FairQueue, queue_key
     from bot.store import Store
-    from generator.backends import BackendState
-    from generator.protocol import Done, Failed, GenerationRequest, Progress
-    from generator.redis_backend import RedisBackend, RedisTimings
+    from generator.protocol import BackendState, Done, Failed, GenerationRequest, Progress
+    from generator.redis_backend import RedisBackend
+    from generator.redis_common import RedisTimings
 
     TIMINGS = RedisTimings(heartbeat_timeout=3, heartbeat_every=0.5, sweep_every=1, poll_every=0.25)
 
@@ -338,9 +338,9 @@ async def test_jobs_go_only_to_workers_serving_their_preset(
             final = events[-1]
             assert isinstance(final, Done), (job_id, final, fleet.tail())
             assert_mp4(final.path)
-            pids[job_id] = fleet.pid_of(final.meta["worker"])
+            pids[job_id] = fleet.pid_of(final.facts.worker)
             served = "local:tiny-b" if job_id.startswith("b") else "local:tiny-a"
-            assert final.meta["served"] == served
+            assert final.facts.served == served
         assert {pids[f"a{i}"] for i in range(4)} <= tiny_a
         assert pids["b0"] == pids["b1"] and pids["b0"] in tiny_b
         # Its two slots ran both at once: each streamed progress before the other finished.
@@ -410,7 +410,7 @@ async def test_progress_and_cancel_of_a_running_job(
         # The worker keeps its model: same process, and it runs the next jobs.
         pid = fleet.pid_of(worker)
         results = await run_all(backend, [request(f"n{i}", image_path, tmp_path) for i in range(2)])
-        workers = {events[-1].meta["worker"] for events in results.values()}
+        workers = {events[-1].facts.worker for events in results.values()}
         assert all(isinstance(e[-1], Done) for e in results.values())
         assert worker in workers and fleet.pid_of(worker) == pid
 
@@ -646,7 +646,7 @@ async def test_frozen_worker_late_result_is_ignored(
             assert isinstance(first[-1], Failed) and first[-1].kind == "crash", first[-1]
             retry = await run_all(backend, [request("z1", image_path, tmp_path, duration="long")])
             final = retry["z1"][-1]
-            assert isinstance(final, Done) and final.meta["worker"] != worker
+            assert isinstance(final, Done) and final.facts.worker != worker
             size = Path(final.path).stat().st_size
         finally:
             fleet.kill(pid, signal.SIGCONT)

@@ -8,12 +8,15 @@ submitted while the model loads waits and sees "load" progress.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import io
 import json
 import os
 import signal
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -24,15 +27,24 @@ import pytest_asyncio
 from PIL import Image
 
 from generator import encode
-from generator.backends import Backend, BackendState, LocalBackend, WorkerStartError
-from generator.protocol import Done, Failed, GenerationRequest, Progress
+from generator.backends import LocalBackend
+from generator.protocol import (
+    Backend,
+    BackendState,
+    Done,
+    Failed,
+    GenerationRequest,
+    Progress,
+    WorkerStartError,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 module_loop = pytest.mark.asyncio(loop_scope="module")
 
 # Steps slow enough to cancel between (a 33-frame job at this pixel budget takes ~70 ms per
-# step on a CPU), while a 9-frame job stays under two seconds.
-SETTINGS = {"steps": 6, "pixel_budget": 256 * 256, "max_clip_frames": 33}
+# step on a CPU), while a 9-frame job stays under two seconds. max_frames differs from the
+# tiny model's default (65) so a test can see that the folder's settings are the ones reported.
+SETTINGS = {"steps": 6, "pixel_budget": 256 * 256, "max_clip_frames": 33, "max_frames": 57}
 SMALL, BIG = 9, 33
 
 
@@ -114,15 +126,31 @@ async def test_job_reports_progress_and_writes_a_playable_mp4(
 
     info = encode.probe(done.path)
     assert (info["codec"], info["pix_fmt"], info["faststart"]) == ("h264", "yuv420p", True)
-    assert info["frames"] == done.meta["num_frames"] == SMALL
-    assert (info["width"], info["height"]) == (done.meta["width"], done.meta["height"])
-    for key in ("bytes", "crf", "fits", "note", "encode_seconds", "gen_seconds", "seed"):
-        assert key in done.meta, key
-    assert done.meta["fits"] is True and done.meta["bytes"] == info["bytes"]
-    assert {"generate", "encode"} <= set(done.meta["timings"])
+    facts = done.facts
+    assert info["frames"] == facts.num_frames == SMALL
+    assert (info["width"], info["height"]) == (facts.width, facts.height)
+    assert (facts.video_width, facts.video_height) == (facts.width, facts.height)
+    assert facts.crf is not None and facts.note is None and facts.seed == 1234
+    assert facts.encode_seconds > 0 and facts.gen_seconds > 0
+    assert facts.fits is True and facts.bytes == info["bytes"]
+    assert {"generate", "encode"} <= set(facts.timings)
     assert backend.ready and backend.capacity() == 1
     assert backend.info["pid"] == backend.pid and backend.info["preset"] == "local:wan21"
     REFERENCE["frames"] = encode.read_frames(done.path)[0]
+
+
+@module_loop
+async def test_done_reports_the_frame_rules_of_the_local_model_used(
+    backend: LocalBackend, work: Path
+) -> None:
+    """A `local:` folder's clip carries its model's frame rule, per-duration frames and caps."""
+    events = await collect(backend, request(work, "rules", num_frames=None, duration="long"))
+    facts = events[-1].facts
+    assert facts.preset == "local:wan21"
+    # 4k+1: the tiny Wan VAE's temporal stride, read from the loaded model
+    assert facts.frame_rule == 4 and facts.num_frames == 17
+    assert (facts.max_clip_frames, facts.max_frames) == (33, 57)  # the folder's zoetrope.json
+    assert dict(facts.duration_frames) == {"short": 9, "standard": 9, "long": 17}
 
 
 @module_loop
@@ -318,10 +346,76 @@ def test_out_of_memory_is_retried_once_degraded(tmp_path: Path) -> None:
     result, events = run_core(generator, tmp_path)
     assert isinstance(result, Done)
     assert [r.degraded for r in generator.requests] == [False, True]
-    assert result.meta["degraded"] is True and result.meta["oom_retry"] is True
-    assert result.meta["timings"]["vae"] == 0.1 and "encode" in result.meta["timings"]
-    assert result.meta["bytes"] == Path(result.path).stat().st_size
+    assert result.facts.degraded is True and result.facts.oom_retry is True
+    assert result.facts.timings["vae"] == 0.1 and "encode" in result.facts.timings
+    assert result.facts.bytes == Path(result.path).stat().st_size
     assert [e.stage for e in events][-2:] == ["encode", "encode"]
+
+
+class BlockingGenerator:
+    """Denoises until asked to stop, as a long job does; stops as the pipeline does."""
+
+    def __init__(self) -> None:
+        self.started = threading.Event()
+
+    def generate(self, request, *, on_progress, should_cancel):
+        from generator.pipeline import GenerationCancelled
+
+        self.started.set()
+        while not should_cancel():
+            on_progress(Progress(1, 2, "denoise"))
+            time.sleep(0.01)
+        raise GenerationCancelled(request.job_id)
+
+
+def _serve_in_thread(server: Any, core: Any) -> threading.Thread:
+    thread = threading.Thread(target=server.serve, args=(core,), daemon=True)
+    thread.start()
+    return thread
+
+
+def _finals(out: io.StringIO) -> dict[str, dict[str, Any]]:
+    messages = [json.loads(line) for line in out.getvalue().splitlines()]
+    return {m["job_id"]: m["event"] for m in messages if m["event"]["type"] != "progress"}
+
+
+@pytest.mark.timeout(30)
+def test_a_shutdown_hands_the_jobs_back_as_requeue_at_the_source(tmp_path: Path) -> None:
+    """The worker itself reports the running and the waiting job of a shutdown as "requeue"."""
+    from generator.worker import StdioServer, WorkerCore
+
+    generator = BlockingGenerator()
+    out = io.StringIO()
+    server = StdioServer(out)
+    for job_id in ("running", "waiting"):
+        req = GenerationRequest(job_id, "i.png", "p", str(tmp_path / f"{job_id}.mp4"), 1)
+        server.handle(json.dumps({"op": "generate", "request": dataclasses.asdict(req)}).encode())
+    thread = _serve_in_thread(server, WorkerCore(generator, model="blocking"))
+    assert generator.started.wait(10)
+    server.handle(b'{"op": "shutdown"}')
+    thread.join(10)
+    assert not thread.is_alive()
+    finals = _finals(out)
+    assert finals["running"]["type"] == "failed" and finals["running"]["kind"] == "requeue"
+    assert finals["waiting"]["type"] == "failed" and finals["waiting"]["kind"] == "requeue"
+
+
+@pytest.mark.timeout(30)
+def test_a_members_cancel_stays_cancelled_when_a_shutdown_follows(tmp_path: Path) -> None:
+    """A running job cancelled by its member ends "cancelled" even if the worker then stops."""
+    from generator.worker import StdioServer, WorkerCore
+
+    generator = BlockingGenerator()
+    out = io.StringIO()
+    server = StdioServer(out)
+    req = GenerationRequest("mine", "i.png", "p", str(tmp_path / "mine.mp4"), 1)
+    server.handle(json.dumps({"op": "generate", "request": dataclasses.asdict(req)}).encode())
+    thread = _serve_in_thread(server, WorkerCore(generator, model="blocking"))
+    assert generator.started.wait(10)
+    server.handle(b'{"op": "cancel", "job_id": "mine"}')
+    server.handle(b'{"op": "shutdown"}')
+    thread.join(10)
+    assert _finals(out)["mine"] == {"type": "failed", "kind": "cancelled", "message": "Cancelled."}
 
 
 def test_out_of_memory_twice_is_failed_oom(tmp_path: Path) -> None:
