@@ -609,9 +609,9 @@ def project_path(
         if not encodes:
             run.update(size=f"{clip.frames.shape[2]}x{clip.frames.shape[1]}", encode="no ffmpeg")
         elif isinstance(event, Done):
-            meta = event.meta
-            run.update(size=f"{meta.get('video_width')}x{meta.get('video_height')}",
-                       timings=meta.get("timings"), bytes=meta.get("bytes"))  # fmt: skip
+            facts = event.facts
+            run.update(size=f"{facts.video_width}x{facts.video_height}",
+                       timings=facts.timings, bytes=facts.bytes)  # fmt: skip
         else:
             run["failed"] = f"{event.kind}: {event.message}"
         graphs.append(int(counters["stats"]["unique_graphs"]))
