@@ -277,6 +277,8 @@ def layout_of(preset: Preset) -> str:
     """The tests/tiny_models.py layout of the preset's pipeline family."""
     if preset.pipeline_class.startswith("LTX"):
         return "ltx"
+    if "A14B" in preset.hub_id:
+        return "wan22a14b"
     return "wan22" if "TI2V" in preset.hub_id else "wan21"
 
 
@@ -561,9 +563,17 @@ def save_folder(
                                 "pixel_budget": width * height}  # fmt: skip
     if preset.timesteps is not None:
         settings["timesteps"] = list(preset.timesteps[:steps])
-    if preset.lora is not None and layout != "ltx":
-        found["lora_keys"] = synthetic_wan_lora(pipe.transformer, folder / "lora.safetensors")
-        settings["lora"] = {"repo": str(folder), "weight_name": "lora.safetensors"}
+    if preset.loras and layout != "ltx":
+        # One synthetic LoRA per expert the preset distils (Wan 2.2 A14B has two).
+        found["lora_keys"] = 0
+        settings["lora"] = []
+        for spec in preset.loras:
+            name = f"lora_{spec.component}.safetensors"
+            found["lora_keys"] += synthetic_wan_lora(getattr(pipe, spec.component), folder / name)
+            settings["lora"].append(
+                {"repo": str(folder), "weight_name": name, "component": spec.component,
+                 "adapter_name": spec.adapter_name}  # fmt: skip
+            )
     (folder / "zoetrope.json").write_text(json.dumps(settings))
     found["gib_on_disk"] = round(sum(f.stat().st_size for f in folder.rglob("*")) / 2**30, 3)
     return found
