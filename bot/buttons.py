@@ -23,7 +23,7 @@ import discord
 from bot import render
 from bot.delivery import reply_error, start_progress
 from bot.errors import NotAllowed, ZoetropeError
-from bot.jobs import InteractionRef
+from bot.recipes import InteractionRef
 from bot.store import Job
 
 if TYPE_CHECKING:
@@ -153,14 +153,20 @@ def _vary(strength: str) -> Callable[[ZoetropeBot, discord.Interaction, str], Aw
 async def _extend(bot: ZoetropeBot, interaction: discord.Interaction, job_id: str) -> None:
     user = interaction.user.id
     # Extend must read the clip's last frame (slow), so it defers first; every refusal that
-    # needs no frame (limits, a pending child, the length cap) comes before that, privately.
-    bot.jobs.check_extend(job_id, user_id=user, **_where(interaction))
-    await _new_clip(
-        bot,
-        interaction,
-        lambda ref: bot.jobs.extend(job_id, user_id=user, interaction=ref, **_where(interaction)),
-        defer_first=True,
-    )
+    # needs no frame (limits, a pending child, the length cap) comes before that, privately,
+    # checked once: the ticket holds the place until extend() writes the row.
+    ticket = bot.jobs.reserve_extend(job_id, user_id=user, **_where(interaction))
+    try:
+        await _new_clip(
+            bot,
+            interaction,
+            lambda ref: bot.jobs.extend(
+                job_id, user_id=user, interaction=ref, ticket=ticket, **_where(interaction)
+            ),
+            defer_first=True,
+        )
+    finally:
+        bot.jobs.release(ticket)
 
 
 async def _loop(bot: ZoetropeBot, interaction: discord.Interaction, job_id: str) -> None:

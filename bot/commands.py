@@ -19,9 +19,12 @@ import discord
 from discord import app_commands
 
 from bot import intake, render
+from bot.admission import CAMERAS
 from bot.delivery import build_view, reply_error, start_progress
 from bot.errors import BadImage, NotAllowed, NotFound, ZoetropeError
-from bot.jobs import CAMERAS, InteractionRef
+from bot.limits import PROMPT_MAX_LEN as PROMPT_MAX
+from bot.limits import SEED_MAX
+from bot.recipes import InteractionRef
 from bot.render import QueueInfo
 from generator.presets import DURATIONS
 
@@ -30,8 +33,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("zoetrope.commands")
 
-SEED_MAX = 2**32 - 1  # seeds Zoetrope draws stay below 2^32; Discord integers stop at 2^53
-PROMPT_MAX = 600
 
 CAMERA_CHOICES = [app_commands.Choice(name=key.replace("_", " "), value=key) for key in CAMERAS]
 DURATION_CHOICES = [app_commands.Choice(name=d, value=d) for d in DURATIONS]
@@ -85,16 +86,16 @@ def build_commands() -> list[app_commands.Command[Any, ..., Any] | app_commands.
         if image.size > cap:
             raise BadImage(f"That file is too big: the limit is {cap / 2**20:.0f} MiB.")
         # Every limit that needs no image (channel, preset, pending clips, daily quota, queue
-        # size), refused before the (public) defer and before a byte is downloaded; submit
-        # checks them all again.
-        bot.jobs.precheck(
+        # size), refused before the (public) defer and before a byte is downloaded, checked
+        # once: the ticket holds the place until submit writes the row.
+        ticket = bot.jobs.reserve(
             guild_id=interaction.guild_id,
             channel_id=interaction.channel_id or 0,
             user_id=interaction.user.id,
             preset=preset,
         )
-        response = await interaction.response.defer(thinking=True)
         try:
+            response = await interaction.response.defer(thinking=True)
             data = await intake.fetch_attachment(
                 image.url, session=bot.session, allowed_hosts=bot.settings.cdn_hosts, max_bytes=cap
             )
@@ -113,10 +114,13 @@ def build_commands() -> list[app_commands.Command[Any, ..., Any] | app_commands.
                 seed=seed,
                 preset=preset,
                 interaction=_ref(bot, interaction),
+                ticket=ticket,
             )
         except ZoetropeError as exc:
             await reply_error(interaction, exc.message)
             return
+        finally:
+            bot.jobs.release(ticket)
         await start_progress(bot, interaction, job, response)
 
     @animate.autocomplete("preset")

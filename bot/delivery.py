@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 import aiohttp
 import discord
 
-from bot import jobs as J
+from bot import events as ev
 from bot import render
 from bot.errors import ZoetropeError
 from bot.render import ButtonSpec, QueueInfo
@@ -44,6 +44,8 @@ from generator import encode
 
 if TYPE_CHECKING:
     from bot.app import ZoetropeBot
+    from bot.jobs import JobService
+    from bot.runner import ResumeReport
 
 log = logging.getLogger("zoetrope.delivery")
 
@@ -147,7 +149,7 @@ class Delivery:
     def __init__(
         self,
         bot: ZoetropeBot,
-        jobs: J.JobService,
+        jobs: JobService,
         *,
         clock: Callable[[], float] = time.time,
         edit_interval: float = 2.0,
@@ -173,7 +175,7 @@ class Delivery:
 
     # -- wiring -----------------------------------------------------------------------------
 
-    def start(self, report: J.ResumeReport | None = None) -> None:
+    def start(self, report: ResumeReport | None = None) -> None:
         """Listen to job events; finish what a previous run left undelivered."""
         self.jobs.add_listener(self._on_event)
         if report is None:
@@ -219,22 +221,22 @@ class Delivery:
 
     # -- events -----------------------------------------------------------------------------
 
-    def _on_event(self, event: J.JobEvent) -> None:
+    def _on_event(self, event: ev.JobEvent) -> None:
         if self._closing:
             return
         job = event.job
-        if isinstance(event, J.Queued | J.PositionChanged):
+        if isinstance(event, ev.Queued | ev.PositionChanged):
             tracker = self._trackers.get(job.id)
             if tracker is not None and event.eta is not None:
                 tracker.eta = self._steady_eta(tracker.eta, self.clock() + event.eta)
-        if isinstance(event, J.Done):
+        if isinstance(event, ev.JobDone):
             self.deliver_later(job.id)  # the progress edit follows the delivery (with a link)
             return
         # A failure is always told, even for a job whose progress message is unknown.
         if (
             job.progress_message_id is not None
             or job.id in self._trackers
-            or isinstance(event, J.Failed)
+            or isinstance(event, ev.JobFailed)
         ):
             self.touch(job.id)
 
@@ -307,21 +309,8 @@ class Delivery:
             if tracker is not None:
                 eta = tracker.eta = self._steady_eta(tracker.eta, eta)
         return QueueInfo(
-            position=position, eta=eta, warming_up=self.jobs.warming_up, note=self.backend_note()
+            position=position, eta=eta, warming_up=self.jobs.warming_up, note=self.jobs.backend_note()
         )
-
-    def backend_note(self) -> str | None:
-        """Why queued jobs do not start, when it is not the usual model warm-up."""
-        backend = self.jobs.backend
-        if getattr(backend, "ready", True):
-            return None
-        error = getattr(backend, "error", None)
-        if error:
-            return f"the model could not be loaded ({error})"
-        detail = getattr(backend, "detail", None)  # RedisBackend: "waiting for a worker"...
-        if isinstance(detail, str) and detail and "loading" not in detail:
-            return detail
-        return None
 
     async def _render_and_edit(self, tracker: _Tracker) -> bool:
         job = self.jobs.get(tracker.job_id)

@@ -23,8 +23,13 @@ Public API (all synchronous, call from the event-loop thread; each call is a few
     Store.get_job(job_id) -> Job | None ; Store.require_job(job_id) -> Job  (NotFound)
     Store.transition(job_id, from_status, to_status, **fields) -> Job   (InvalidState/NotFound)
     Store.update_job(job_id, **fields) -> Job              # never the status
+    Store.insert_counted(job) -> Job                       # + its daily count, one transaction
+    Store.finish_refunded(job, from_status, to_status, **fields) -> Job   # + the refund
+    Store.mark_delivered(job_id, *, message_id, channel_id, at) -> Job    # the first wins
+    Store.forget_output(job_id, *, at) -> Job ; Store.increment_delivery_attempts(job_id)
     Store.jobs_with_status(*statuses) -> list[Job]         # oldest first (seq order)
-    Store.pending_for_user(user_id) -> int ; pending_for_guild(guild_id) -> int ; queued_total()
+    Store.pending_for_user(user_id) -> int ; pending_for_guild(guild_id) -> int
+    Store.count_jobs() -> int
     Store.pending_jobs_for_user(user_id) -> list[Job]
     Store.pending_child(parent_id, user_id) -> Job | None
     Store.history(user_id, *, guild_id=None, limit=10) -> list[Job]
@@ -49,6 +54,7 @@ import secrets
 import sqlite3
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 from typing import Any, Literal
 
@@ -56,30 +62,42 @@ import sqlite_utils
 
 from bot.errors import BadOption, InvalidState, NotFound
 
-JobStatus = Literal["queued", "running", "done", "failed", "cancelled"]
+
+class JobStatus(StrEnum):
+    """A job's status; equal to its string, which is what the `jobs.status` column holds."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
 JobKind = Literal["animate", "reroll", "vary", "edit", "extend", "loop"]
 
-STATUSES: tuple[str, ...] = ("queued", "running", "done", "failed", "cancelled")
-PENDING: tuple[str, ...] = ("queued", "running")
-FINISHED: tuple[str, ...] = ("done", "failed", "cancelled")
+STATUSES: tuple[JobStatus, ...] = tuple(JobStatus)
+PENDING: tuple[JobStatus, ...] = (JobStatus.QUEUED, JobStatus.RUNNING)
+FINISHED: tuple[JobStatus, ...] = (JobStatus.DONE, JobStatus.FAILED, JobStatus.CANCELLED)
 KINDS: tuple[str, ...] = ("animate", "reroll", "vary", "edit", "extend", "loop")
 
 # Allowed status changes. `running -> queued` is the retry/resume path only.
-TRANSITIONS: dict[str, frozenset[str]] = {
-    "queued": frozenset({"running", "cancelled", "failed"}),
-    "running": frozenset({"queued", "done", "failed", "cancelled"}),
-    "done": frozenset(),
-    "failed": frozenset(),
-    "cancelled": frozenset(),
+TRANSITIONS: dict[JobStatus, frozenset[JobStatus]] = {
+    JobStatus.QUEUED: frozenset({JobStatus.RUNNING, JobStatus.CANCELLED, JobStatus.FAILED}),
+    JobStatus.RUNNING: frozenset(
+        {JobStatus.QUEUED, JobStatus.DONE, JobStatus.FAILED, JobStatus.CANCELLED}
+    ),
+    JobStatus.DONE: frozenset(),
+    JobStatus.FAILED: frozenset(),
+    JobStatus.CANCELLED: frozenset(),
 }
 
 # How a member reads a status in "That clip is already ..." messages.
 _STATUS_WORDS = {
-    "queued": "still waiting in the queue",
-    "running": "being generated right now",
-    "done": "already finished",
-    "failed": "already failed",
-    "cancelled": "already cancelled",
+    JobStatus.QUEUED: "still waiting in the queue",
+    JobStatus.RUNNING: "being generated right now",
+    JobStatus.DONE: "already finished",
+    JobStatus.FAILED: "already failed",
+    JobStatus.CANCELLED: "already cancelled",
 }
 
 
@@ -89,7 +107,7 @@ class Job:
 
     id: str
     kind: str
-    status: str
+    status: JobStatus
     guild_id: int | None  # None: a DM (the DM counts as its own server for fairness)
     channel_id: int
     user_id: int  # who owns the job: the requester, or whoever clicked a clip's button
@@ -170,6 +188,7 @@ class Job:
     def from_row(cls, row: dict[str, Any]) -> Job:
         data = {k: row[k] for k in _JOB_FIELDS if k in row}
         data["meta"] = json.loads(row.get("meta") or "{}")
+        data["status"] = JobStatus(data["status"])
         return cls(**data)
 
 
@@ -182,6 +201,8 @@ def _encode(name: str, value: Any) -> Any:
         return json.dumps(value or {}, sort_keys=True)
     if isinstance(value, bool):
         return int(value)
+    if isinstance(value, StrEnum):
+        return value.value
     return value
 
 
@@ -527,6 +548,51 @@ class Store:
         )
         return self.require_job(job_id)
 
+    # -- compound writes (each one transaction) -----------------------------------------
+
+    def insert_counted(self, job: Job, *, tries: int = 5) -> Job:
+        """Insert a new job and, when `job.quota_day` is set, count it against that day, in
+        one transaction. An id collision (50 random bits) gets a new id and another try."""
+        for attempt in range(tries):
+            try:
+                with self.db.atomic():
+                    if job.quota_day is not None:
+                        self.add_daily(job.user_id, job.quota_day, 1)
+                    return self.insert_job(job)
+            except sqlite3.IntegrityError:
+                if self.get_job(job.id) is None or attempt == tries - 1:
+                    raise
+                job.id = self.new_job_id()
+        raise AssertionError("unreachable")
+
+    def finish_refunded(
+        self, job: Job, from_status: str, to_status: JobStatus, **fields: Any
+    ) -> Job:
+        """Move `job` to failed or cancelled and give its daily count back, in one
+        transaction (a clip that was not made does not count)."""
+        with self.db.atomic():
+            finished = self.transition(job.id, from_status, to_status, quota_day=None, **fields)
+            if job.quota_day is not None:
+                self.add_daily(job.user_id, job.quota_day, -1)
+        return finished
+
+    def mark_delivered(
+        self, job_id: str, *, message_id: int | None, channel_id: int | None, at: float
+    ) -> Job:
+        """Record where the result (or failure notice) reached the member; the first
+        delivery wins (guarded on `delivered_at IS NULL`)."""
+        self.require_job(job_id)
+        self.db.execute(
+            "UPDATE jobs SET delivered_at = ?, result_message_id = ?, result_channel_id = ? "
+            "WHERE id = ? AND delivered_at IS NULL",
+            [at, message_id, channel_id, job_id],
+        )
+        return self.require_job(job_id)
+
+    def forget_output(self, job_id: str, *, at: float) -> Job:
+        """The output file was pruned: the row stays, without a path."""
+        return self.update_job(job_id, output_path=None, output_pruned_at=at)
+
     def _jobs(self, sql: str, params: list[Any]) -> list[Job]:
         return [Job.from_row(row) for row in self.db.query(sql, params)]
 
@@ -543,8 +609,9 @@ class Store:
     def pending_for_guild(self, guild_id: int) -> int:
         return self._count("status IN ('queued', 'running') AND guild_id = ?", [guild_id])
 
-    def queued_total(self) -> int:
-        return self._count("status = 'queued'", [])
+    def count_jobs(self) -> int:
+        """Rows in `jobs`, whatever their status (tests: "nothing was written")."""
+        return self._count("1", [])
 
     def _count(self, where: str, params: list[Any]) -> int:
         return self.conn.execute(f"SELECT COUNT(*) FROM jobs WHERE {where}", params).fetchone()[0]
