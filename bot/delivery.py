@@ -250,10 +250,6 @@ class Delivery:
 
     # -- progress messages --------------------------------------------------------------------
 
-    def track(self, job: Job) -> None:
-        """Start keeping `job`'s progress message current (after mark_progress_message)."""
-        self.touch(job.id)
-
     def touch(self, job_id: str) -> None:
         """The job changed: re-render its progress message soon (paced, coalesced)."""
         if self._closing:
@@ -309,7 +305,10 @@ class Delivery:
             if tracker is not None:
                 eta = tracker.eta = self._steady_eta(tracker.eta, eta)
         return QueueInfo(
-            position=position, eta=eta, warming_up=self.jobs.warming_up, note=self.jobs.backend_note()
+            position=position,
+            eta=eta,
+            warming_up=self.jobs.warming_up,
+            note=self.jobs.backend_note(),
         )
 
     async def _render_and_edit(self, tracker: _Tracker) -> bool:
@@ -406,11 +405,6 @@ class Delivery:
         task = self._spawn(self._deliver_with_retries(job_id), f"deliver-{job_id}")
         self._deliveries[job_id] = task
         task.add_done_callback(lambda _t, j=job_id: self._deliveries.pop(j, None))
-
-    async def wait_delivered(self, job_id: str) -> None:
-        task = self._deliveries.get(job_id)
-        if task is not None:
-            await asyncio.shield(task)
 
     async def _deliver_with_retries(self, job_id: str) -> None:
         delays = self.retry.delays()
@@ -600,21 +594,12 @@ class Delivery:
 # -- interaction helpers (shared by commands.py and buttons.py) ----------------------------------
 
 
-async def defer_private(interaction: discord.Interaction) -> None:
-    """Defer with a private "thinking…" reply; reply_error then edits it in place."""
-    interaction.extras["private_deferral"] = True
-    await interaction.response.defer(ephemeral=True, thinking=True)
-
-
 async def reply_error(interaction: discord.Interaction, message: str) -> None:
     """Tell the member what went wrong, privately: the one place errors become replies."""
     response = interaction.response
     try:
         if not response.is_done():
             await response.send_message(message, ephemeral=True)
-            return
-        if interaction.extras.get("private_deferral"):
-            await interaction.edit_original_response(content=message)
             return
         if response.type is discord.InteractionResponseType.deferred_channel_message:
             # A public "thinking…" reply: remove it, then answer privately (a followup sent
@@ -638,4 +623,4 @@ async def start_progress(
         message_id = (await interaction.original_response()).id
     channel_id = interaction.channel_id or job.channel_id
     job = bot.jobs.mark_progress_message(job.id, channel_id=channel_id, message_id=message_id)
-    bot.delivery.track(job)
+    bot.delivery.touch(job.id)

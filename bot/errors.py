@@ -16,8 +16,7 @@ internal objects, no tracebacks). The Discord layer has one translator that turn
     │   └── AlreadyPending    the same member already has a job from this clip waiting
     ├── NotAllowed            channel/preset/button not allowed, or not the owner
     ├── NotFound              unknown job id, or a clip file that is gone
-    ├── InvalidState          the job is not in a state that allows the action (also lost races)
-    └── GenerationFailed      the generator failed for good (after the retry)
+    └── InvalidState          the job is not in a state that allows the action (also lost races)
 """
 
 from __future__ import annotations
@@ -80,11 +79,3 @@ class NotFound(ZoetropeError):
 
 class InvalidState(ZoetropeError):
     """The job's status does not allow the action (for example cancelling a finished job)."""
-
-
-class GenerationFailed(ZoetropeError):
-    """Generation failed for good; `kind` is the backend's failure kind."""
-
-    def __init__(self, message: str, *, kind: str = "error") -> None:
-        super().__init__(message)
-        self.kind = kind

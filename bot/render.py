@@ -64,12 +64,6 @@ def edit_modal_id(job_id: str) -> str:
     return value
 
 
-def parse_custom_id(value: str) -> tuple[str, str] | None:
-    """(action, job_id) from a custom_id, or None if it is not one of ours."""
-    match = CUSTOM_ID_RE.fullmatch(value)
-    return (match["action"], match["job_id"]) if match else None
-
-
 @dataclass(frozen=True, slots=True)
 class ButtonSpec:
     """One button, as plain data; buttons.py turns it into a DynamicItem."""

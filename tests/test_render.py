@@ -35,9 +35,10 @@ def test_custom_id_round_trip_and_limit() -> None:
     for action in render.ACTIONS:
         value = render.custom_id(action, job_id)
         assert len(value) <= 100
-        assert render.parse_custom_id(value) == (action, job_id)
-    assert render.parse_custom_id("zoetrope:explode:abc") is None
-    assert render.parse_custom_id("other:reroll:abc") is None
+        match = render.CUSTOM_ID_RE.fullmatch(value)
+        assert match is not None and (match["action"], match["job_id"]) == (action, job_id)
+    assert render.CUSTOM_ID_RE.fullmatch("zoetrope:explode:abc") is None
+    assert render.CUSTOM_ID_RE.fullmatch("other:reroll:abc") is None
     with pytest.raises(ValueError, match="action"):
         render.custom_id("explode", "abc")
     with pytest.raises(ValueError, match="job_id"):
