@@ -161,6 +161,94 @@ def test_dispatch_order_obeys_round_robin_for_any_arrival_pattern(ops: list[tupl
     assert [job for job, _ in sorted(predicted.items(), key=lambda kv: kv[1])] == order
 
 
+async def test_scheduler_fills_free_slots_and_never_more() -> None:
+    """Jobs run as soon as a slot is free, never more at once than the backend's slots."""
+    slots = 2
+    active: set[str] = set()
+    peak = 0
+    finished: list[str] = []
+    gate = asyncio.Event()
+    scheduler: Scheduler
+
+    async def run(job_id: str) -> None:
+        nonlocal peak
+        active.add(job_id)
+        scheduler.confirm(job_id)
+        peak = max(peak, len(active))
+        await gate.wait()
+        active.discard(job_id)
+        finished.append(job_id)
+
+    scheduler = Scheduler(capacity=lambda pool: slots - len(active), run=run, poll_interval=0.05)
+    await scheduler.start()
+    for i in range(6):
+        scheduler.enqueue(f"j{i}", "g", i % 3)
+    await asyncio.sleep(0.05)
+    assert len(active) == 2 and scheduler.waiting == 4
+    gate.set()
+    for _ in range(100):
+        if len(finished) == 6:
+            break
+        await asyncio.sleep(0.01)
+    assert sorted(finished) == [f"j{i}" for i in range(6)] and peak == 2
+    await scheduler.close()
+
+
+async def test_dispatched_job_holds_its_slot_until_the_backend_confirms_it() -> None:
+    """A backend that counts a job only once it has seen it is not over-filled meanwhile."""
+    registered: set[str] = set()
+    started: list[str] = []
+    scheduler: Scheduler
+
+    async def run(job_id: str) -> None:
+        started.append(job_id)
+        await asyncio.sleep(0.05)  # the backend takes a while to pick the job up
+        registered.add(job_id)
+        scheduler.confirm(job_id)
+        await asyncio.sleep(0.05)
+        registered.discard(job_id)
+
+    scheduler = Scheduler(capacity=lambda pool: 1 - len(registered), run=run, poll_interval=0.01)
+    await scheduler.start()
+    for i in range(3):
+        scheduler.enqueue(f"j{i}", "g", i)
+    await asyncio.sleep(0.03)
+    assert started == ["j0"]
+    for _ in range(100):
+        if len(started) == 3 and not scheduler.running:
+            break
+        await asyncio.sleep(0.01)
+    assert started == ["j0", "j1", "j2"]
+    await scheduler.close()
+
+
+async def test_scheduler_polls_capacity_that_appears_later_and_close_cancels_runs() -> None:
+    """Slots that appear without a wake-up (remote workers) are noticed by the poll; close() cancels runs in flight."""
+    capacity = 0
+    cancelled: list[str] = []
+
+    async def run(job_id: str) -> None:
+        try:
+            await asyncio.sleep(10)
+        except asyncio.CancelledError:
+            cancelled.append(job_id)
+            raise
+
+    scheduler = Scheduler(capacity=lambda pool: capacity, run=run, poll_interval=0.02)
+    await scheduler.start()
+    scheduler.enqueue("j", "g", 1)
+    await asyncio.sleep(0.05)
+    assert not scheduler.running
+    capacity = 1
+    await asyncio.sleep(0.08)
+    assert list(scheduler.running) == ["j"]
+    await scheduler.close()
+    assert cancelled == ["j"] and not scheduler.running
+
+
+# -- several presets (pools) ------------------------------------------------------------
+
+
 def test_pool_queues_skip_a_blocked_pool_and_keep_its_turn() -> None:
     """A pool that cannot run is skipped without losing its place; each pool is a FairQueue."""
     q = PoolQueues()
