@@ -29,8 +29,8 @@ import yarl
 from discord import app_commands
 
 from bot import commands as command_defs
-from bot import intake, render
-from bot.buttons import JobButton, handle_edit_submit
+from bot import intake
+from bot.buttons import EDIT_MODAL_RE, JobButton, handle_edit_submit
 from bot.config import ConfigError, Settings, load_settings
 from bot.delivery import Delivery, RetryPolicy
 from bot.jobs import JobService
@@ -225,7 +225,7 @@ class ZoetropeBot(discord.Client):
         if interaction.type is not discord.InteractionType.modal_submit:
             return
         custom_id = (interaction.data or {}).get("custom_id", "")
-        match = render.EDIT_MODAL_RE.fullmatch(str(custom_id))
+        match = EDIT_MODAL_RE.fullmatch(str(custom_id))
         if match is not None:
             await handle_edit_submit(interaction, match["job_id"])
 

@@ -37,8 +37,9 @@ import discord
 
 from bot import events as ev
 from bot import render
+from bot.buttons import build_view
 from bot.errors import ZoetropeError
-from bot.render import ButtonSpec, QueueInfo
+from bot.render import QueueInfo
 from bot.store import Job
 from generator import encode
 
@@ -89,18 +90,6 @@ def requester_only(user_id: int) -> discord.AllowedMentions:
     mentions = discord.AllowedMentions.none()
     mentions.users = [discord.Object(id=user_id)]
     return mentions
-
-
-def build_view(job_id: str, specs: tuple[ButtonSpec, ...]) -> discord.ui.View | None:
-    """A persistent view of JobButtons (DynamicItems), or None for no buttons."""
-    if not specs:
-        return None
-    from bot.buttons import JobButton  # buttons imports delivery: import at use
-
-    view = discord.ui.View(timeout=None)
-    for spec in specs:
-        view.add_item(JobButton(spec.action, job_id))
-    return view
 
 
 @dataclass(eq=False)
@@ -589,38 +578,3 @@ class Delivery:
             gate.users -= 1
             if gate.users == 0:
                 self._share_gates.pop(job_id, None)
-
-
-# -- interaction helpers (shared by commands.py and buttons.py) ----------------------------------
-
-
-async def reply_error(interaction: discord.Interaction, message: str) -> None:
-    """Tell the member what went wrong, privately: the one place errors become replies."""
-    response = interaction.response
-    try:
-        if not response.is_done():
-            await response.send_message(message, ephemeral=True)
-            return
-        if response.type is discord.InteractionResponseType.deferred_channel_message:
-            # A public "thinking…" reply: remove it, then answer privately (a followup sent
-            # while it is still loading would fill it in, publicly).
-            with contextlib.suppress(discord.HTTPException):
-                await interaction.delete_original_response()
-        await interaction.followup.send(message, ephemeral=True)
-    except discord.HTTPException as exc:
-        log.warning("could not send an error reply (%s): %s", exc.status, message)
-
-
-async def start_progress(
-    bot: ZoetropeBot,
-    interaction: discord.Interaction,
-    job: Job,
-    response: discord.InteractionCallbackResponse[Any] | None,
-) -> None:
-    """The public deferred reply becomes `job`'s progress message."""
-    message_id = getattr(response, "message_id", None)
-    if message_id is None:
-        message_id = (await interaction.original_response()).id
-    channel_id = interaction.channel_id or job.channel_id
-    job = bot.jobs.mark_progress_message(job.id, channel_id=channel_id, message_id=message_id)
-    bot.delivery.touch(job.id)

@@ -1,8 +1,8 @@
 """Zoetrope's exception tree: every refusal a member can meet, with a message they can read.
 
 Each error carries `message`, a complete sentence fit to show in Discord as-is (no ids of
-internal objects, no tracebacks). The Discord layer has one translator that turns any
-`ZoetropeError` into an ephemeral reply; anything else is a bug, logged with the job id.
+internal objects, no tracebacks). `member_message()` is what a member reads for any
+exception; bot/interactions.py `answer_error()` is the one place that sends it.
 
     ZoetropeError
     ├── BadInput
@@ -79,3 +79,12 @@ class NotFound(ZoetropeError):
 
 class InvalidState(ZoetropeError):
     """The job's status does not allow the action (for example cancelling a finished job)."""
+
+
+UNEXPECTED = "Something went wrong on my side; please try again."
+
+
+def member_message(error: BaseException) -> str:
+    """What a member reads for `error`: a domain error's own sentence, else a generic one
+    (an unexpected error is a bug: its details go to the log, never to Discord)."""
+    return error.message if isinstance(error, ZoetropeError) else UNEXPECTED

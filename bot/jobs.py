@@ -10,47 +10,18 @@ The work is done by collaborators that own their state, each handed what it need
     BackendPort  (bot/backend_port.py) the one place a backend object is touched
     Scheduler    (bot/scheduler.py)   the fair queue and its dispatch loop
 
-Public API (the Discord layer codes against this)::
+Public API (the Discord layer codes against this): `start()`/`close()` (close before the
+backend: jobs in flight stay `running` and the next start requeues them); listeners and
+`subscribe()`; `submit()` and the children `reroll/vary/edit/extend/loop` of a finished
+clip (guild and channel default to the parent's); `cancel()`; the queries `get, position,
+eta, queue_summary, history, warming_up, backend_note, known_presets`; server settings;
+the delivery bookkeeping `mark_*`/`restore_result`; `prune_outputs()`; `kick()`.
 
-    service = JobService(store, backend, data_dir=Path("data"), limits=Limits(),
-                         clock=time.time, max_attempts=2, position_interval=2.0,
-                         byte_budget=10 MiB, output_retention_days=None,
-                         default_gen_seconds=60.0)
-    report: ResumeReport = await service.start()  # resume() + the dispatch loop
-    await service.close()                          # before backend.close(): jobs in flight
-                                                   # stay `running`, the next start requeues
-
-    # events (Queued, PositionChanged, Started, JobProgress, JobDone, JobFailed, Cancelled)
-    service.add_listener(callback) / service.remove_listener(callback)   # sync callbacks
-    async with service.subscribe() as events: ...                        # or an async stream
-
-    # A request whose row is written only after slow work (a download, a frame) holds its
-    # place first: the rules are checked once, by reserve*(), and the ticket is spent by
-    # submit()/extend() or given back by release(). Without a ticket they check themselves.
-    ticket = service.reserve(guild_id=..., channel_id=..., user_id=..., preset=None)
-    job = await service.submit(guild_id=..., channel_id=..., user_id=..., prompt=...,
-                               image_sha256=..., negative_prompt="", camera=None,
-                               duration=None, seed=None, preset=None, interaction=None,
-                               ticket=None)
-    service.release(ticket)                         # idempotent; after submit: a no-op
-    service.precheck(...)                           # reserve + release: refusals only
-    # children of a finished clip; guild_id/channel_id default to the parent's
-    await service.reroll(parent_id, user_id=..., guild_id=..., channel_id=..., interaction=None)
-    await service.vary(parent_id, user_id=..., strength="subtle" | "strong", ...)
-    await service.edit(parent_id, user_id=..., prompt="...", ...)
-    ticket = service.reserve_extend(parent_id, user_id=..., ...)   # Extend's refusals
-    await service.extend(parent_id, user_id=..., ticket=ticket, ...)
-    service.check_extend(parent_id, user_id=..., ...) -> Job        # reserve + release
-    await service.loop(parent_id, user_id=..., ...)
-    await service.cancel(job_id, user_id=..., moderator=False) -> Job
-
-    service.get(job_id) -> Job                      (NotFound)
-    service.position(job_id) / eta(job_id) / queue_summary(guild_id, user_id) / history(...)
-    service.warming_up -> bool ; service.backend_note() -> str | None
-    service.guild_settings(guild_id) / update_guild_settings(guild_id, **changes)
-    service.mark_progress_message / mark_delivered / record_delivery_attempt /
-        mark_result_deleted / restore_result / mark_shared   (delivery bookkeeping)
-    service.prune_outputs() -> int ; service.known_presets() -> list[str] ; service.kick()
+A request whose row is written only after slow work (a download, a clip's last frame)
+holds its place first: `reserve()` / `reserve_extend()` check every rule once and return a
+`Ticket`, which `submit(ticket=...)` / `extend(ticket=...)` spend without checking again,
+and `release()` gives back (idempotent). Without a ticket they check themselves, once.
+`precheck()` / `check_extend()` are reserve-then-release: the refusals, nothing held.
 
 Every refusal is a `bot.errors.ZoetropeError` subclass whose `.message` is fit for Discord.
 The service does not start or close the backend: the owner does, closing the service first.
@@ -78,6 +49,7 @@ from bot import admission as adm
 from bot import recipes
 from bot.admission import Admission, Ticket
 from bot.backend_port import BackendPort
+from bot.children import Children
 from bot.errors import BadOption, InvalidState, NotAllowed
 from bot.estimates import Estimates, QueueSummary
 from bot.events import EventBus, EventStream, Listener
@@ -88,8 +60,6 @@ from bot.scheduler import Scheduler
 from bot.store import GuildSettings, Job, Store
 
 log = logging.getLogger("zoetrope.jobs")
-
-_SAME: Any = object()  # "same as the parent" default for a child job's guild and channel
 
 
 class JobService:
@@ -151,6 +121,22 @@ class JobService:
             presets=self.port.known_presets,
             waiting=lambda: self.scheduler.waiting,
         )
+        self.children = Children(
+            store,
+            self.admission,
+            admit=self._admit,
+            dirs=self.dirs,
+            limits=self.limits,
+            clock=clock,
+        )
+        # The children of a finished clip, as the facade's own methods.
+        self.reroll = self.children.reroll
+        self.vary = self.children.vary
+        self.edit = self.children.edit
+        self.loop = self.children.loop
+        self.extend = self.children.extend
+        self.reserve_extend = self.children.reserve_extend
+        self.check_extend = self.children.check_extend
         self._housekeeping: asyncio.Task[None] | None = None
         self._started = False
         # A worker that appears is used at once, not at the next poll.
@@ -308,201 +294,6 @@ class JobService:
         )
         return self._admit(job, ticket)
 
-    # -- children of a finished clip ----------------------------------------------------
-
-    async def reroll(
-        self,
-        parent_id: str,
-        *,
-        user_id: int,
-        guild_id: Any = _SAME,
-        channel_id: Any = _SAME,
-        interaction: InteractionRef | None = None,
-    ) -> Job:
-        """The same image and prompt with a new seed."""
-        return self._child_job(
-            parent_id,
-            "reroll",
-            user_id,
-            guild_id,
-            channel_id,
-            interaction,
-            seed=adm.random_seed(),
-        )
-
-    async def vary(
-        self,
-        parent_id: str,
-        *,
-        user_id: int,
-        strength: str | float = "subtle",
-        guild_id: Any = _SAME,
-        channel_id: Any = _SAME,
-        interaction: InteractionRef | None = None,
-    ) -> Job:
-        """The same seed with variation noise mixed in (subtle 0.25, strong 0.6)."""
-        value = adm.vary_strength(strength)
-        return self._child_job(
-            parent_id,
-            "vary",
-            user_id,
-            guild_id,
-            channel_id,
-            interaction,
-            variation_seed=adm.random_seed(),
-            variation_strength=value,
-        )
-
-    async def edit(
-        self,
-        parent_id: str,
-        *,
-        user_id: int,
-        prompt: str,
-        guild_id: Any = _SAME,
-        channel_id: Any = _SAME,
-        interaction: InteractionRef | None = None,
-    ) -> Job:
-        """A new prompt on the same image and seed (and the same variation, if any)."""
-        prompt = adm.check_prompt(prompt, self.limits)
-        return self._child_job(
-            parent_id, "edit", user_id, guild_id, channel_id, interaction, prompt=prompt
-        )
-
-    async def loop(
-        self,
-        parent_id: str,
-        *,
-        user_id: int,
-        guild_id: Any = _SAME,
-        channel_id: Any = _SAME,
-        interaction: InteractionRef | None = None,
-    ) -> Job:
-        """Ping-pong re-encode of the clip (forwards then backwards). No GPU: it does not
-        wait in the generation queue and does not count against the daily quota."""
-        parent = adm.finished(self.store.require_job(parent_id))
-        if parent.kind == "loop":
-            raise InvalidState("That clip already loops.")
-        source = adm.kept_output(parent)
-        return self._child_job(
-            parent,
-            "loop",
-            user_id,
-            guild_id,
-            channel_id,
-            interaction,
-            meta={"loop_source": str(source)},
-        )
-
-    def _child_job(
-        self,
-        parent: str | Job,
-        kind: str,
-        user_id: int,
-        guild_id: Any,
-        channel_id: Any,
-        interaction: InteractionRef | None,
-        **changes: Any,
-    ) -> Job:
-        """Admit a child of `parent` (checked once) and queue it."""
-        if isinstance(parent, str):
-            parent = adm.finished(self.store.require_job(parent))
-        guild, channel = _place_of(parent, guild_id, channel_id)
-        ticket = self.admission.hold(
-            guild_id=guild,
-            channel_id=channel,
-            user_id=user_id,
-            preset=parent.preset,
-            parent=parent,
-            counts_quota=kind != "loop",
-        )
-        child = recipes.child_job(
-            parent,
-            kind,
-            now=self.clock(),
-            user_id=user_id,
-            guild_id=guild,
-            channel_id=channel,
-            interaction=interaction,
-            **changes,
-        )
-        return self._admit(child, ticket)
-
-    def reserve_extend(
-        self, parent_id: str, *, user_id: int, guild_id: Any = _SAME, channel_id: Any = _SAME
-    ) -> Ticket:
-        """Extend's refusals that need no frame of the clip -- finished, video kept, its
-        length cap (when its frame count is on the row), and every admission rule -- and
-        its place held. The Discord layer calls this before deferring, so a refusal is
-        private; spend the ticket with extend(ticket=...) or release() it."""
-        return self._hold_extend(parent_id, user_id, guild_id, channel_id)[1]
-
-    def check_extend(
-        self, parent_id: str, *, user_id: int, guild_id: Any = _SAME, channel_id: Any = _SAME
-    ) -> Job:
-        """reserve_extend() without holding anything; returns the parent."""
-        parent, ticket = self._hold_extend(parent_id, user_id, guild_id, channel_id)
-        self.release(ticket)
-        return parent
-
-    def _hold_extend(
-        self, parent_id: str, user_id: int, guild_id: Any, channel_id: Any
-    ) -> tuple[Job, Ticket]:
-        parent = adm.finished(self.store.require_job(parent_id))
-        adm.kept_output(parent)
-        if parent.num_frames:
-            adm.extend_frames(parent, parent.num_frames)
-        guild, channel = _place_of(parent, guild_id, channel_id)
-        ticket = self.admission.hold(
-            guild_id=guild,
-            channel_id=channel,
-            user_id=user_id,
-            preset=parent.preset,
-            parent=parent,
-        )
-        return parent, ticket
-
-    async def extend(
-        self,
-        parent_id: str,
-        *,
-        user_id: int,
-        guild_id: Any = _SAME,
-        channel_id: Any = _SAME,
-        interaction: InteractionRef | None = None,
-        ticket: Ticket | None = None,
-    ) -> Job:
-        """Continue the clip from its last frame; the two clips are joined (seam frame
-        dropped) and the total length is capped by the preset."""
-        if ticket is None:
-            parent, ticket = self._hold_extend(parent_id, user_id, guild_id, channel_id)
-        else:
-            parent = adm.finished(self.store.require_job(parent_id))
-        try:
-            source = adm.kept_output(parent)
-            parent_frames = await recipes.clip_frames(source, parent.num_frames)
-            new_frames = adm.extend_frames(parent, parent_frames)
-            sha256 = await recipes.last_frame_input(source, self.dirs.inputs)
-            guild, channel = _place_of(parent, guild_id, channel_id)
-            job = recipes.child_job(
-                parent,
-                "extend",
-                now=self.clock(),
-                user_id=user_id,
-                guild_id=guild,
-                channel_id=channel,
-                interaction=interaction,
-                input_sha256=sha256,
-                meta={
-                    "extend_source": str(source),
-                    "extend_frames": new_frames,
-                    "parent_frames": parent_frames,
-                },
-            )
-            return self._admit(job, ticket)
-        finally:
-            self.release(ticket)  # a no-op once admitted
-
     # -- cancelling ---------------------------------------------------------------------
 
     async def cancel(self, job_id: str, *, user_id: int, moderator: bool = False) -> Job:
@@ -589,7 +380,7 @@ class JobService:
         progress message stop linking to it; another copy (a /job re-post) changes nothing."""
         self.store.require_job(job_id)
         self.store.mark_result_deleted(job_id, message_id=message_id, at=self.clock())
-        return self.store.require_job(job_id)
+        return self.get(job_id)
 
     def restore_result(self, job_id: str, *, message_id: int, channel_id: int) -> Job:
         """A /job re-post becomes the result message again, if the result was deleted and the
@@ -634,10 +425,3 @@ class JobService:
             except Exception:
                 log.exception("pruning outputs failed")
             await asyncio.sleep(3600)
-
-
-def _place_of(parent: Job, guild_id: Any, channel_id: Any) -> tuple[int | None, int]:
-    """Where a child job of `parent` lives (_SAME: the parent's server or channel)."""
-    guild = parent.guild_id if guild_id is _SAME else guild_id
-    channel = parent.channel_id if channel_id is _SAME else channel_id
-    return guild, channel

@@ -12,7 +12,6 @@ the allowed-mentions guard were ever lost.
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -21,47 +20,6 @@ import discord
 
 if TYPE_CHECKING:
     from bot.store import GuildSettings, Job
-
-# -- custom ids ----------------------------------------------------------------------------------
-
-CUSTOM_ID_PREFIX = "zoetrope"
-# Every action a button can carry. The custom_id is `zoetrope:<action>:<job_id>` and holds
-# nothing else: the job row is the truth, so an old message still works after a restart.
-ACTIONS: tuple[str, ...] = (
-    "reroll",
-    "vary-subtle",
-    "vary-strong",
-    "edit",
-    "extend",
-    "loop",
-    "share",
-    "info",
-    "delete",
-    "cancel",
-)
-JOB_ID_PATTERN = r"[a-z0-9][a-z0-9_-]{0,63}"
-CUSTOM_ID_RE = re.compile(
-    rf"{CUSTOM_ID_PREFIX}:(?P<action>{'|'.join(re.escape(a) for a in ACTIONS)}):(?P<job_id>{JOB_ID_PATTERN})"
-)
-EDIT_MODAL_RE = re.compile(rf"{CUSTOM_ID_PREFIX}:edit-modal:(?P<job_id>{JOB_ID_PATTERN})")
-MAX_CUSTOM_ID = 100  # Discord's limit
-
-
-def custom_id(action: str, job_id: str) -> str:
-    """`zoetrope:<action>:<job_id>`; raises ValueError for an unknown action or a bad id."""
-    if action not in ACTIONS:
-        raise ValueError(f"action must be one of {ACTIONS}, got {action!r}")
-    value = f"{CUSTOM_ID_PREFIX}:{action}:{job_id}"
-    if not CUSTOM_ID_RE.fullmatch(value) or len(value) > MAX_CUSTOM_ID:
-        raise ValueError(f"job_id {job_id!r} cannot go into a custom_id")
-    return value
-
-
-def edit_modal_id(job_id: str) -> str:
-    value = f"{CUSTOM_ID_PREFIX}:edit-modal:{job_id}"
-    if not EDIT_MODAL_RE.fullmatch(value):
-        raise ValueError(f"job_id {job_id!r} cannot go into a custom_id")
-    return value
 
 
 @dataclass(frozen=True, slots=True)
