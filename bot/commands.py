@@ -28,6 +28,7 @@ from bot.interactions import answer_error, is_moderator, ref, services, start_pr
 from bot.limits import PROMPT_MAX_LEN as PROMPT_MAX
 from bot.limits import SEED_MAX
 from bot.render import QueueInfo
+from bot.store import JobStatus
 from generator.presets import DURATIONS
 
 log = logging.getLogger("zoetrope.commands")
@@ -175,7 +176,7 @@ async def job_command(interaction: discord.Interaction, id: str) -> None:
     job = policy.check_visible_here(
         bot.jobs.get(id.strip().lower()), guild_id=interaction.guild_id, user_id=interaction.user.id
     )
-    if job.status != "done":
+    if job.status != JobStatus.DONE:
         await interaction.response.send_message(
             render.progress_content(job, bot.delivery.queue_info(job)), ephemeral=True
         )

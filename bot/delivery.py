@@ -40,7 +40,7 @@ from bot import render
 from bot.buttons import build_view
 from bot.errors import ZoetropeError
 from bot.render import QueueInfo
-from bot.store import Job
+from bot.store import Job, JobStatus
 from generator import encode
 
 if TYPE_CHECKING:
@@ -286,9 +286,11 @@ class Delivery:
                 self._trackers.pop(tracker.job_id, None)
 
     def queue_info(self, job: Job, tracker: _Tracker | None = None) -> QueueInfo:
-        position = self.jobs.position(job.id) if job.status == "queued" else None
+        position = self.jobs.position(job.id) if job.status == JobStatus.QUEUED else None
         eta = None
-        seconds = self.jobs.eta(job.id) if job.status in ("queued", "running") else None
+        seconds = (
+            self.jobs.eta(job.id) if job.status in (JobStatus.QUEUED, JobStatus.RUNNING) else None
+        )
         if seconds is not None:
             eta = self.clock() + seconds
             if tracker is not None:
@@ -303,12 +305,12 @@ class Delivery:
     async def _render_and_edit(self, tracker: _Tracker) -> bool:
         job = self.jobs.get(tracker.job_id)
         if job.progress_message_id is None:
-            if job.status == "failed" and not job.delivered:
+            if job.status == JobStatus.FAILED and not job.delivered:
                 await self._post_failure(job)
             tracker.finished = render.progress_is_final(job)
             return False
         final = render.progress_is_final(job)
-        if job.status == "done" and not job.delivered:
+        if job.status == JobStatus.DONE and not job.delivered:
             return False  # wait for the result: the final text links to it
         content = render.progress_content(job, self.queue_info(job, tracker))
         specs = render.progress_buttons(job)
@@ -319,14 +321,14 @@ class Delivery:
         ok = await self._edit_progress(job, content, build_view(job.id, specs))
         if not ok:
             tracker.gone = True
-            if job.status == "failed" and not job.delivered:
+            if job.status == JobStatus.FAILED and not job.delivered:
                 await self._post_failure(job)
             return False
         tracker.last_rendered = key
         self.stats.edits += 1
         if final:
             tracker.finished = True
-            if job.status == "failed" and not job.delivered:
+            if job.status == JobStatus.FAILED and not job.delivered:
                 self.jobs.mark_delivered(
                     job.id,
                     message_id=job.progress_message_id,
@@ -399,7 +401,7 @@ class Delivery:
         delays = self.retry.delays()
         while True:
             job = self.jobs.get(job_id)
-            if job.delivered or job.status != "done":
+            if job.delivered or job.status != JobStatus.DONE:
                 return
             try:
                 posted = await self._post_result(job)

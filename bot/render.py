@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING, Any
 
 import discord
 
+from bot.store import JobStatus
+
 if TYPE_CHECKING:
     from bot.store import GuildSettings, Job
 
@@ -137,7 +139,7 @@ def progress_content(job: Job, queue: QueueInfo | None = None) -> str:
     queue = queue or QueueInfo()
     head = f"{_KIND_WORDS.get(job.kind, 'Animating')} for {mention(job.user_id)}"
     status = job.status
-    if status == "queued":
+    if status == JobStatus.QUEUED:
         if queue.note:
             line = f"⏳ Queued · {escape(queue.note)}"
             if queue.position is not None:
@@ -152,7 +154,7 @@ def progress_content(job: Job, queue: QueueInfo | None = None) -> str:
                 line += " · model warming up"
         if queue.eta is not None:
             line += f" · ETA {relative_time(queue.eta)}"
-    elif status == "running":
+    elif status == JobStatus.RUNNING:
         stage = job.stage or "load"
         if stage == "load" or queue.warming_up:
             line = "🔥 Warming up the model…"
@@ -167,9 +169,9 @@ def progress_content(job: Job, queue: QueueInfo | None = None) -> str:
             line = "📦 Encoding the clip…"
         if queue.eta is not None and stage == "denoise":
             line += f" · done {relative_time(queue.eta)}"
-    elif status == "done":
+    elif status == JobStatus.DONE:
         line = _done_line(job)
-    elif status == "cancelled":
+    elif status == JobStatus.CANCELLED:
         line = "✖️ Cancelled."
     else:
         reason = job.error or "the generator failed"
@@ -195,11 +197,11 @@ def _done_line(job: Job) -> str:
 
 def progress_buttons(job: Job) -> tuple[ButtonSpec, ...]:
     """Cancel while the job is pending; nothing once it has finished."""
-    return PROGRESS_BUTTONS if job.status in ("queued", "running") else ()
+    return PROGRESS_BUTTONS if job.status in (JobStatus.QUEUED, JobStatus.RUNNING) else ()
 
 
 def progress_is_final(job: Job) -> bool:
-    return job.status in ("done", "failed", "cancelled")
+    return job.status in (JobStatus.DONE, JobStatus.FAILED, JobStatus.CANCELLED)
 
 
 # -- result message ------------------------------------------------------------------------------
@@ -327,7 +329,7 @@ def queue_content(
     if not mine:
         lines.append("You have no clips in the queue.")
     for job, info in mine:
-        if job.status == "running":
+        if job.status == JobStatus.RUNNING:
             state = "generating"
             if job.stage == "denoise" and job.progress_total:
                 state += f" `{progress_bar(job.progress_step or 0, job.progress_total)}`"
@@ -343,10 +345,10 @@ def history_content(jobs: Iterable[Job]) -> str:
     lines = []
     for job in jobs:
         url = result_url(job)
-        if job.status == "done" and job.result_deleted_at is not None:
+        if job.status == JobStatus.DONE and job.result_deleted_at is not None:
             where = "deleted"  # its message is gone: no dead link
         else:
-            where = f"[clip]({url})" if url and job.status == "done" else job.status
+            where = f"[clip]({url})" if url and job.status == JobStatus.DONE else job.status
         lines.append(f"• `{job.id}` {where} — {escape(_short(job.prompt, 60))}")
     return _fit("\n".join(lines) or "You have no clips yet. Try `/animate`.")
 
