@@ -41,7 +41,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bot import intake  # noqa: E402
-from bot.jobs import JobService, Limits  # noqa: E402
+from bot.admission import Limits  # noqa: E402
+from bot.jobs import JobService  # noqa: E402
 from bot.store import Store  # noqa: E402
 from generator.redis_backend import RedisBackend  # noqa: E402
 from generator.redis_common import RedisTimings  # noqa: E402

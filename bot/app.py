@@ -29,11 +29,11 @@ import yarl
 from discord import app_commands
 
 from bot import commands as command_defs
-from bot import intake, render
-from bot.buttons import JobButton, handle_edit_submit
+from bot import intake
+from bot.buttons import EDIT_MODAL_RE, JobButton, handle_edit_submit
 from bot.config import ConfigError, Settings, load_settings
 from bot.delivery import Delivery, RetryPolicy
-from bot.jobs import JobService, Limits
+from bot.jobs import JobService
 from bot.store import Store
 from generator.protocol import Backend
 
@@ -63,6 +63,29 @@ def build_backend(settings: Settings) -> Backend:
     from generator.backends import LocalBackend
 
     return LocalBackend(settings.model)
+
+
+def build_job_service(
+    settings: Settings,
+    store: Store,
+    backend: Backend,
+    *,
+    clock: Callable[[], float] = time.time,
+    position_interval: float | None = 2.0,
+) -> JobService:
+    """The job service of these settings: their limits, and the configured upload limit as
+    the encoder's byte budget (ZOETROPE_UPLOAD_LIMIT_MB), so a clip is made to fit it."""
+    limits = settings.limits
+    return JobService(
+        store,
+        backend,
+        data_dir=settings.data_dir,
+        limits=limits,
+        clock=clock,
+        position_interval=position_interval,
+        byte_budget=limits.upload_limit_bytes,
+        output_retention_days=limits.retention_days,
+    )
 
 
 class ZoetropeBot(discord.Client):
@@ -106,7 +129,7 @@ class ZoetropeBot(discord.Client):
         self._shutdown_done = False
 
     @property
-    def backend(self) -> Any:
+    def backend(self) -> Backend:
         return self._backend
 
     # -- start-up ---------------------------------------------------------------------------
@@ -122,24 +145,13 @@ class ZoetropeBot(discord.Client):
         if self._backend is None:
             self._backend = build_backend(settings)
         limits = settings.limits
-        self.jobs = JobService(
+        self.jobs = build_job_service(
+            settings,
             self.store,
             self._backend,
-            data_dir=settings.data_dir,
-            limits=Limits(
-                pending_per_user=limits.pending_per_user,
-                pending_per_guild=limits.pending_per_guild,
-                daily_per_user=limits.daily_per_user or None,
-                max_queue=limits.max_queue,
-            ),
             clock=self.clock,
             position_interval=self._position_interval,
-            output_retention_days=limits.retention_days or None,
         )
-        # A backend that reports capacity changes (the Redis backend: a worker appeared or
-        # left, a job ended) wakes the dispatcher at once instead of at its next poll.
-        if self._backend.on_change is None:
-            self._backend.on_change = self.jobs.kick
         self.delivery = Delivery(
             self,
             self.jobs,
@@ -214,7 +226,7 @@ class ZoetropeBot(discord.Client):
         if interaction.type is not discord.InteractionType.modal_submit:
             return
         custom_id = (interaction.data or {}).get("custom_id", "")
-        match = render.EDIT_MODAL_RE.fullmatch(str(custom_id))
+        match = EDIT_MODAL_RE.fullmatch(str(custom_id))
         if match is not None:
             await handle_edit_submit(interaction, match["job_id"])
 

@@ -1,7 +1,7 @@
-"""The clip buttons (DynamicItems) and the Edit modal. Thin: parse, call the core, respond.
+"""The clip buttons (DynamicItems), their custom_id scheme and view, and the Edit modal.
 
-Every button's custom_id is `zoetrope:<action>:<job_id>` and nothing else (render.py owns the
-scheme): the job row is the truth, so a message posted before a restart still works once
+Thin: parse, call the core, respond. Every button's custom_id is `zoetrope:<action>:<job_id>`
+and nothing else (the scheme lives here, next to the button class): the job row is the truth, so a message posted before a restart still works once
 `setup_hook` has registered `JobButton`. `from_custom_id` only parses the match; all the work
 happens in `callback`, which answers within Discord's 3 seconds (a defer when the work may take
 longer).
@@ -9,21 +9,28 @@ longer).
 The Edit modal is answered through `on_interaction` (see app.py) by its custom_id
 `zoetrope:edit-modal:<job_id>`, not through discord.py's in-memory modal store, so a modal
 opened before a restart can still be submitted after it.
+
+Who may Share or Delete, and when Edit opens, is decided in the core (bot/policy.py); errors
+are answered by bot/interactions.py `answer_error`, the one translator.
+
+Imports: discord, bot.render (labels), bot.interactions, bot.policy, bot.recipes, bot.store.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import re
 from collections.abc import Awaitable, Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 import discord
 
-from bot import render
-from bot.delivery import reply_error, start_progress
-from bot.errors import NotAllowed, ZoetropeError
-from bot.jobs import InteractionRef
+from bot import policy, render
+from bot.errors import NotAllowed
+from bot.interactions import answer_error, is_moderator, ref, services, start_progress, where
+from bot.recipes import InteractionRef
+from bot.render import ButtonSpec
 from bot.store import Job
 
 if TYPE_CHECKING:
@@ -31,12 +38,64 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("zoetrope.buttons")
 
+# -- custom ids ----------------------------------------------------------------------------------
+
+CUSTOM_ID_PREFIX = "zoetrope"
+# Every action a button can carry. The custom_id is `zoetrope:<action>:<job_id>` and holds
+# nothing else: the job row is the truth, so an old message still works after a restart.
+ACTIONS: tuple[str, ...] = (
+    "reroll",
+    "vary-subtle",
+    "vary-strong",
+    "edit",
+    "extend",
+    "loop",
+    "share",
+    "info",
+    "delete",
+    "cancel",
+)
+JOB_ID_PATTERN = r"[a-z0-9][a-z0-9_-]{0,63}"
+CUSTOM_ID_RE = re.compile(
+    rf"{CUSTOM_ID_PREFIX}:(?P<action>{'|'.join(re.escape(a) for a in ACTIONS)}):(?P<job_id>{JOB_ID_PATTERN})"
+)
+EDIT_MODAL_RE = re.compile(rf"{CUSTOM_ID_PREFIX}:edit-modal:(?P<job_id>{JOB_ID_PATTERN})")
+MAX_CUSTOM_ID = 100  # Discord's limit
+
+
+def custom_id(action: str, job_id: str) -> str:
+    """`zoetrope:<action>:<job_id>`; raises ValueError for an unknown action or a bad id."""
+    if action not in ACTIONS:
+        raise ValueError(f"action must be one of {ACTIONS}, got {action!r}")
+    value = f"{CUSTOM_ID_PREFIX}:{action}:{job_id}"
+    if not CUSTOM_ID_RE.fullmatch(value) or len(value) > MAX_CUSTOM_ID:
+        raise ValueError(f"job_id {job_id!r} cannot go into a custom_id")
+    return value
+
+
+def edit_modal_id(job_id: str) -> str:
+    value = f"{CUSTOM_ID_PREFIX}:edit-modal:{job_id}"
+    if not EDIT_MODAL_RE.fullmatch(value):
+        raise ValueError(f"job_id {job_id!r} cannot go into a custom_id")
+    return value
+
+
+def build_view(job_id: str, specs: tuple[ButtonSpec, ...]) -> discord.ui.View | None:
+    """A persistent view of JobButtons (DynamicItems), or None for no buttons."""
+    if not specs:
+        return None
+    view = discord.ui.View(timeout=None)
+    for spec in specs:
+        view.add_item(JobButton(spec.action, job_id))
+    return view
+
+
 _SPECS: dict[str, render.ButtonSpec] = {
     spec.action: spec for spec in (*render.RESULT_BUTTONS, *render.PROGRESS_BUTTONS)
 }
 
 
-class JobButton(discord.ui.DynamicItem[discord.ui.Button], template=render.CUSTOM_ID_RE):
+class JobButton(discord.ui.DynamicItem[discord.ui.Button], template=CUSTOM_ID_RE):
     """One clip button; the custom_id carries the action and the job id."""
 
     def __init__(self, action: str, job_id: str) -> None:
@@ -46,7 +105,7 @@ class JobButton(discord.ui.DynamicItem[discord.ui.Button], template=render.CUSTO
                 style=spec.style,
                 label=spec.label,
                 emoji=spec.emoji,
-                custom_id=render.custom_id(action, job_id),
+                custom_id=custom_id(action, job_id),
             ),
             row=spec.row,
         )
@@ -65,36 +124,13 @@ class JobButton(discord.ui.DynamicItem[discord.ui.Button], template=render.CUSTO
 
 
 async def handle_click(interaction: discord.Interaction, action: str, job_id: str) -> None:
-    bot: ZoetropeBot = interaction.client  # type: ignore[assignment]
+    bot = services(interaction)
     bot.delivery.note_interaction(interaction)
     handler = _HANDLERS[action]
     try:
         await handler(bot, interaction, job_id)
-    except ZoetropeError as exc:
-        await reply_error(interaction, exc.message)
-    except discord.HTTPException:
-        log.exception("job %s: %s click: Discord refused a request", job_id, action)
-    except Exception:
-        log.exception("job %s: %s click failed", job_id, action)
-        await reply_error(interaction, "Something went wrong on my side; please try again.")
-
-
-def _ref(bot: ZoetropeBot, interaction: discord.Interaction) -> InteractionRef:
-    return InteractionRef(
-        token=interaction.token,
-        application_id=interaction.application_id,
-        created_at=bot.clock(),
-    )
-
-
-def _is_moderator(interaction: discord.Interaction) -> bool:
-    permissions = interaction.permissions
-    return bool(permissions.manage_messages or permissions.administrator)
-
-
-def _where(interaction: discord.Interaction) -> dict[str, Any]:
-    # The new clip lives where the click happened (a /job repost may be in another channel).
-    return {"guild_id": interaction.guild_id, "channel_id": interaction.channel_id}
+    except Exception as exc:
+        await answer_error(interaction, exc, f"job {job_id}: {action} click")
 
 
 # -- buttons that make a new clip --------------------------------------------------------------
@@ -115,16 +151,16 @@ async def _new_clip(
     """
     if defer_first:
         response = await interaction.response.defer(thinking=True)
-        job = await make(_ref(bot, interaction))
-        await start_progress(bot, interaction, job, response)
+        job = await make(ref(interaction))
+        await start_progress(interaction, job, response)
         return
-    job = await make(_ref(bot, interaction))
+    job = await make(ref(interaction))
     try:
         response = await interaction.response.defer(thinking=True)
     except discord.HTTPException:
         log.warning("job %s: the click could not be acknowledged; it runs anyway", job.id)
         return
-    await start_progress(bot, interaction, job, response)
+    await start_progress(interaction, job, response)
 
 
 async def _reroll(bot: ZoetropeBot, interaction: discord.Interaction, job_id: str) -> None:
@@ -132,7 +168,7 @@ async def _reroll(bot: ZoetropeBot, interaction: discord.Interaction, job_id: st
     await _new_clip(
         bot,
         interaction,
-        lambda ref: bot.jobs.reroll(job_id, user_id=user, interaction=ref, **_where(interaction)),
+        lambda ref: bot.jobs.reroll(job_id, user_id=user, interaction=ref, **where(interaction)),
     )
 
 
@@ -143,7 +179,7 @@ def _vary(strength: str) -> Callable[[ZoetropeBot, discord.Interaction, str], Aw
             bot,
             interaction,
             lambda ref: bot.jobs.vary(
-                job_id, user_id=user, strength=strength, interaction=ref, **_where(interaction)
+                job_id, user_id=user, strength=strength, interaction=ref, **where(interaction)
             ),
         )
 
@@ -153,14 +189,20 @@ def _vary(strength: str) -> Callable[[ZoetropeBot, discord.Interaction, str], Aw
 async def _extend(bot: ZoetropeBot, interaction: discord.Interaction, job_id: str) -> None:
     user = interaction.user.id
     # Extend must read the clip's last frame (slow), so it defers first; every refusal that
-    # needs no frame (limits, a pending child, the length cap) comes before that, privately.
-    bot.jobs.check_extend(job_id, user_id=user, **_where(interaction))
-    await _new_clip(
-        bot,
-        interaction,
-        lambda ref: bot.jobs.extend(job_id, user_id=user, interaction=ref, **_where(interaction)),
-        defer_first=True,
-    )
+    # needs no frame (limits, a pending child, the length cap) comes before that, privately,
+    # checked once: the ticket holds the place until extend() writes the row.
+    ticket = bot.jobs.reserve_extend(job_id, user_id=user, **where(interaction))
+    try:
+        await _new_clip(
+            bot,
+            interaction,
+            lambda ref: bot.jobs.extend(
+                job_id, user_id=user, interaction=ref, ticket=ticket, **where(interaction)
+            ),
+            defer_first=True,
+        )
+    finally:
+        bot.jobs.release(ticket)
 
 
 async def _loop(bot: ZoetropeBot, interaction: discord.Interaction, job_id: str) -> None:
@@ -168,7 +210,7 @@ async def _loop(bot: ZoetropeBot, interaction: discord.Interaction, job_id: str)
     await _new_clip(
         bot,
         interaction,
-        lambda ref: bot.jobs.loop(job_id, user_id=user, interaction=ref, **_where(interaction)),
+        lambda ref: bot.jobs.loop(job_id, user_id=user, interaction=ref, **where(interaction)),
     )
 
 
@@ -181,7 +223,7 @@ class EditModal(discord.ui.Modal):
     """The Edit modal, prefilled with the clip's prompt. Its submit is handled by custom_id."""
 
     def __init__(self, job: Job, *, max_length: int) -> None:
-        super().__init__(title="Edit the prompt", custom_id=render.edit_modal_id(job.id))
+        super().__init__(title="Edit the prompt", custom_id=edit_modal_id(job.id))
         self.prompt: discord.ui.TextInput[Any] = discord.ui.TextInput(
             label="Prompt",
             custom_id=PROMPT_INPUT,
@@ -194,9 +236,7 @@ class EditModal(discord.ui.Modal):
 
 
 async def _open_edit(bot: ZoetropeBot, interaction: discord.Interaction, job_id: str) -> None:
-    job = bot.jobs.get(job_id)
-    if job.status != "done":
-        raise NotAllowed("That clip isn't finished yet.")
+    job = policy.check_editable(bot.jobs.get(job_id))
     modal = EditModal(job, max_length=min(bot.jobs.limits.max_prompt_len, 4000))
     # Not kept in discord.py's modal store (which a restart empties): the submit is routed by
     # its custom_id in on_interaction -> handle_edit_submit.
@@ -219,7 +259,7 @@ def modal_values(components: Iterable[dict[str, Any]]) -> dict[str, str]:
 
 
 async def handle_edit_submit(interaction: discord.Interaction, job_id: str) -> None:
-    bot: ZoetropeBot = interaction.client  # type: ignore[assignment]
+    bot = services(interaction)
     bot.delivery.note_interaction(interaction)
     data: dict[str, Any] = interaction.data or {}  # type: ignore[assignment]
     prompt = modal_values(data.get("components") or []).get(PROMPT_INPUT, "")
@@ -229,14 +269,11 @@ async def handle_edit_submit(interaction: discord.Interaction, job_id: str) -> N
             bot,
             interaction,
             lambda ref: bot.jobs.edit(
-                job_id, user_id=user, prompt=prompt, interaction=ref, **_where(interaction)
+                job_id, user_id=user, prompt=prompt, interaction=ref, **where(interaction)
             ),
         )
-    except ZoetropeError as exc:
-        await reply_error(interaction, exc.message)
-    except Exception:
-        log.exception("job %s: edit submit failed", job_id)
-        await reply_error(interaction, "Something went wrong on my side; please try again.")
+    except Exception as exc:
+        await answer_error(interaction, exc, f"job {job_id}: edit submit")
 
 
 # -- buttons that act on this clip ---------------------------------------------------------------
@@ -249,20 +286,18 @@ async def _info(bot: ZoetropeBot, interaction: discord.Interaction, job_id: str)
 
 async def _share(bot: ZoetropeBot, interaction: discord.Interaction, job_id: str) -> None:
     job = bot.jobs.get(job_id)
-    if interaction.guild_id is None or job.guild_id is None:
-        raise NotAllowed("Sharing works for clips made in a server.")
-    if job.user_id != interaction.user.id and not _is_moderator(interaction):
-        raise NotAllowed("Only the member who made this clip, or a moderator, can share it.")
+    policy.check_shareable(
+        job,
+        guild_id=interaction.guild_id,
+        user_id=interaction.user.id,
+        moderator=is_moderator(interaction),
+    )
     if job.shared_message_id is not None:
         # Once per clip, for good (Discord's nonce only dedupes within 5 minutes).
         await interaction.response.send_message(_already_shared(job), ephemeral=True)
         return
-    showcase = bot.jobs.guild_settings(job.guild_id).showcase_channel_id
-    if showcase is None:
-        raise NotAllowed(
-            "This server has no showcase channel yet. A server admin can pick one with "
-            "`/settings showcase`."
-        )
+    assert job.guild_id is not None  # check_shareable: made in a server
+    showcase = policy.showcase_channel(bot.jobs.guild_settings(job.guild_id))
     await interaction.response.defer(ephemeral=True, thinking=True)
     try:
         shared, new = await bot.delivery.share(
@@ -283,8 +318,9 @@ def _already_shared(job: Job) -> str:
 
 async def _delete(bot: ZoetropeBot, interaction: discord.Interaction, job_id: str) -> None:
     job = bot.jobs.get(job_id)
-    if job.user_id != interaction.user.id and not _is_moderator(interaction):
-        raise NotAllowed("Only the member who made this clip, or a moderator, can delete it.")
+    policy.check_owner_or_moderator(
+        job, interaction.user.id, moderator=is_moderator(interaction), action="delete"
+    )
     # Acknowledge without a new message; the clicked message is the interaction's "original",
     # which its token may delete even where the bot lacks Manage Messages.
     await interaction.response.defer()
@@ -309,7 +345,7 @@ async def _delete(bot: ZoetropeBot, interaction: discord.Interaction, job_id: st
 
 
 async def _cancel(bot: ZoetropeBot, interaction: discord.Interaction, job_id: str) -> None:
-    await bot.jobs.cancel(job_id, user_id=interaction.user.id, moderator=_is_moderator(interaction))
+    await bot.jobs.cancel(job_id, user_id=interaction.user.id, moderator=is_moderator(interaction))
     # The progress message updates itself from the Cancelled event.
     await interaction.response.defer()
 
@@ -326,4 +362,4 @@ _HANDLERS: dict[str, Callable[[ZoetropeBot, discord.Interaction, str], Awaitable
     "delete": _delete,
     "cancel": _cancel,
 }
-assert set(_HANDLERS) == set(render.ACTIONS)
+assert set(_HANDLERS) == set(ACTIONS)

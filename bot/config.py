@@ -21,6 +21,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from bot.limits import Limits
+
 DEFAULT_API_BASE = "https://discord.com/api/v10"
 DEFAULT_GATEWAY_URL = "wss://gateway.discord.gg/"
 # Discord serves attachments from these two hosts; nothing else is ever fetched.
@@ -38,19 +40,6 @@ class ConfigError(Exception):
         self.variable = variable
         self.problem = problem
         super().__init__(f"{variable}: {problem}")
-
-
-@dataclass(frozen=True, slots=True)
-class Limits:
-    """Queue and size limits. Per-guild overrides live in the store (/settings)."""
-
-    pending_per_user: int = 2
-    pending_per_guild: int = 25
-    daily_per_user: int = 0  # 0 = no daily quota
-    max_queue: int = 1000  # all guilds together
-    max_download_bytes: int = 25 * MIB  # attachment byte cap (the download stops there)
-    upload_limit_bytes: int = 10 * MIB  # used when Discord does not tell us the guild's limit
-    retention_days: int = 0  # 0 = keep outputs forever
 
 
 @dataclass(frozen=True, slots=True)
@@ -222,11 +211,12 @@ def _limits(env: Mapping[str, str]) -> Limits:
         pending_per_guild=_int(
             env, "ZOETROPE_MAX_PENDING_PER_GUILD", d.pending_per_guild, minimum=1
         ),
-        daily_per_user=_int(env, "ZOETROPE_DAILY_LIMIT", d.daily_per_user),
+        # 0 in the environment means "no daily quota" / "keep outputs forever".
+        daily_per_user=_int(env, "ZOETROPE_DAILY_LIMIT", 0) or None,
         max_queue=_int(env, "ZOETROPE_MAX_QUEUE", d.max_queue, minimum=1),
         max_download_bytes=_mib(env, "ZOETROPE_MAX_DOWNLOAD_MB", d.max_download_bytes),
         upload_limit_bytes=_mib(env, "ZOETROPE_UPLOAD_LIMIT_MB", d.upload_limit_bytes),
-        retention_days=_int(env, "ZOETROPE_RETENTION_DAYS", d.retention_days),
+        retention_days=_int(env, "ZOETROPE_RETENTION_DAYS", 0) or None,
     )
 
 

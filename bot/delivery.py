@@ -35,15 +35,18 @@ from typing import TYPE_CHECKING, Any
 import aiohttp
 import discord
 
-from bot import jobs as J
+from bot import events as ev
 from bot import render
+from bot.buttons import build_view
 from bot.errors import ZoetropeError
-from bot.render import ButtonSpec, QueueInfo
-from bot.store import Job
+from bot.render import QueueInfo
+from bot.store import Job, JobStatus
 from generator import encode
 
 if TYPE_CHECKING:
     from bot.app import ZoetropeBot
+    from bot.jobs import JobService
+    from bot.runner import ResumeReport
 
 log = logging.getLogger("zoetrope.delivery")
 
@@ -87,18 +90,6 @@ def requester_only(user_id: int) -> discord.AllowedMentions:
     mentions = discord.AllowedMentions.none()
     mentions.users = [discord.Object(id=user_id)]
     return mentions
-
-
-def build_view(job_id: str, specs: tuple[ButtonSpec, ...]) -> discord.ui.View | None:
-    """A persistent view of JobButtons (DynamicItems), or None for no buttons."""
-    if not specs:
-        return None
-    from bot.buttons import JobButton  # buttons imports delivery: import at use
-
-    view = discord.ui.View(timeout=None)
-    for spec in specs:
-        view.add_item(JobButton(spec.action, job_id))
-    return view
 
 
 @dataclass(eq=False)
@@ -147,7 +138,7 @@ class Delivery:
     def __init__(
         self,
         bot: ZoetropeBot,
-        jobs: J.JobService,
+        jobs: JobService,
         *,
         clock: Callable[[], float] = time.time,
         edit_interval: float = 2.0,
@@ -173,7 +164,7 @@ class Delivery:
 
     # -- wiring -----------------------------------------------------------------------------
 
-    def start(self, report: J.ResumeReport | None = None) -> None:
+    def start(self, report: ResumeReport | None = None) -> None:
         """Listen to job events; finish what a previous run left undelivered."""
         self.jobs.add_listener(self._on_event)
         if report is None:
@@ -219,22 +210,22 @@ class Delivery:
 
     # -- events -----------------------------------------------------------------------------
 
-    def _on_event(self, event: J.JobEvent) -> None:
+    def _on_event(self, event: ev.JobEvent) -> None:
         if self._closing:
             return
         job = event.job
-        if isinstance(event, J.Queued | J.PositionChanged):
+        if isinstance(event, ev.Queued | ev.PositionChanged):
             tracker = self._trackers.get(job.id)
             if tracker is not None and event.eta is not None:
                 tracker.eta = self._steady_eta(tracker.eta, self.clock() + event.eta)
-        if isinstance(event, J.Done):
+        if isinstance(event, ev.JobDone):
             self.deliver_later(job.id)  # the progress edit follows the delivery (with a link)
             return
         # A failure is always told, even for a job whose progress message is unknown.
         if (
             job.progress_message_id is not None
             or job.id in self._trackers
-            or isinstance(event, J.Failed)
+            or isinstance(event, ev.JobFailed)
         ):
             self.touch(job.id)
 
@@ -247,10 +238,6 @@ class Delivery:
         return shown if abs(new - shown) < max(20.0, 0.2 * left) else new
 
     # -- progress messages --------------------------------------------------------------------
-
-    def track(self, job: Job) -> None:
-        """Start keeping `job`'s progress message current (after mark_progress_message)."""
-        self.touch(job.id)
 
     def touch(self, job_id: str) -> None:
         """The job changed: re-render its progress message soon (paced, coalesced)."""
@@ -299,38 +286,31 @@ class Delivery:
                 self._trackers.pop(tracker.job_id, None)
 
     def queue_info(self, job: Job, tracker: _Tracker | None = None) -> QueueInfo:
-        position = self.jobs.position(job.id) if job.status == "queued" else None
+        position = self.jobs.position(job.id) if job.status == JobStatus.QUEUED else None
         eta = None
-        seconds = self.jobs.eta(job.id) if job.status in ("queued", "running") else None
+        seconds = (
+            self.jobs.eta(job.id) if job.status in (JobStatus.QUEUED, JobStatus.RUNNING) else None
+        )
         if seconds is not None:
             eta = self.clock() + seconds
             if tracker is not None:
                 eta = tracker.eta = self._steady_eta(tracker.eta, eta)
         return QueueInfo(
-            position=position, eta=eta, warming_up=self.jobs.warming_up, note=self.backend_note()
+            position=position,
+            eta=eta,
+            warming_up=self.jobs.warming_up,
+            note=self.jobs.backend_note(),
         )
-
-    def backend_note(self) -> str | None:
-        """Why queued jobs do not start, when it is not the usual model warm-up."""
-        backend = self.jobs.backend
-        if backend.ready:
-            return None
-        if backend.error:
-            return f"the model could not be loaded ({backend.error})"
-        detail = backend.detail  # RedisBackend: "waiting for a worker"...
-        if detail and "loading" not in detail:
-            return detail
-        return None
 
     async def _render_and_edit(self, tracker: _Tracker) -> bool:
         job = self.jobs.get(tracker.job_id)
         if job.progress_message_id is None:
-            if job.status == "failed" and not job.delivered:
+            if job.status == JobStatus.FAILED and not job.delivered:
                 await self._post_failure(job)
             tracker.finished = render.progress_is_final(job)
             return False
         final = render.progress_is_final(job)
-        if job.status == "done" and not job.delivered:
+        if job.status == JobStatus.DONE and not job.delivered:
             return False  # wait for the result: the final text links to it
         content = render.progress_content(job, self.queue_info(job, tracker))
         specs = render.progress_buttons(job)
@@ -341,14 +321,14 @@ class Delivery:
         ok = await self._edit_progress(job, content, build_view(job.id, specs))
         if not ok:
             tracker.gone = True
-            if job.status == "failed" and not job.delivered:
+            if job.status == JobStatus.FAILED and not job.delivered:
                 await self._post_failure(job)
             return False
         tracker.last_rendered = key
         self.stats.edits += 1
         if final:
             tracker.finished = True
-            if job.status == "failed" and not job.delivered:
+            if job.status == JobStatus.FAILED and not job.delivered:
                 self.jobs.mark_delivered(
                     job.id,
                     message_id=job.progress_message_id,
@@ -417,16 +397,11 @@ class Delivery:
         self._deliveries[job_id] = task
         task.add_done_callback(lambda _t, j=job_id: self._deliveries.pop(j, None))
 
-    async def wait_delivered(self, job_id: str) -> None:
-        task = self._deliveries.get(job_id)
-        if task is not None:
-            await asyncio.shield(task)
-
     async def _deliver_with_retries(self, job_id: str) -> None:
         delays = self.retry.delays()
         while True:
             job = self.jobs.get(job_id)
-            if job.delivered or job.status != "done":
+            if job.delivered or job.status != JobStatus.DONE:
                 return
             try:
                 posted = await self._post_result(job)
@@ -605,47 +580,3 @@ class Delivery:
             gate.users -= 1
             if gate.users == 0:
                 self._share_gates.pop(job_id, None)
-
-
-# -- interaction helpers (shared by commands.py and buttons.py) ----------------------------------
-
-
-async def defer_private(interaction: discord.Interaction) -> None:
-    """Defer with a private "thinking…" reply; reply_error then edits it in place."""
-    interaction.extras["private_deferral"] = True
-    await interaction.response.defer(ephemeral=True, thinking=True)
-
-
-async def reply_error(interaction: discord.Interaction, message: str) -> None:
-    """Tell the member what went wrong, privately: the one place errors become replies."""
-    response = interaction.response
-    try:
-        if not response.is_done():
-            await response.send_message(message, ephemeral=True)
-            return
-        if interaction.extras.get("private_deferral"):
-            await interaction.edit_original_response(content=message)
-            return
-        if response.type is discord.InteractionResponseType.deferred_channel_message:
-            # A public "thinking…" reply: remove it, then answer privately (a followup sent
-            # while it is still loading would fill it in, publicly).
-            with contextlib.suppress(discord.HTTPException):
-                await interaction.delete_original_response()
-        await interaction.followup.send(message, ephemeral=True)
-    except discord.HTTPException as exc:
-        log.warning("could not send an error reply (%s): %s", exc.status, message)
-
-
-async def start_progress(
-    bot: ZoetropeBot,
-    interaction: discord.Interaction,
-    job: Job,
-    response: discord.InteractionCallbackResponse[Any] | None,
-) -> None:
-    """The public deferred reply becomes `job`'s progress message."""
-    message_id = getattr(response, "message_id", None)
-    if message_id is None:
-        message_id = (await interaction.original_response()).id
-    channel_id = interaction.channel_id or job.channel_id
-    job = bot.jobs.mark_progress_message(job.id, channel_id=channel_id, message_id=message_id)
-    bot.delivery.track(job)

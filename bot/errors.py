@@ -1,8 +1,8 @@
 """Zoetrope's exception tree: every refusal a member can meet, with a message they can read.
 
 Each error carries `message`, a complete sentence fit to show in Discord as-is (no ids of
-internal objects, no tracebacks). The Discord layer has one translator that turns any
-`ZoetropeError` into an ephemeral reply; anything else is a bug, logged with the job id.
+internal objects, no tracebacks). `member_message()` is what a member reads for any
+exception; bot/interactions.py `answer_error()` is the one place that sends it.
 
     ZoetropeError
     ├── BadInput
@@ -16,8 +16,7 @@ internal objects, no tracebacks). The Discord layer has one translator that turn
     │   └── AlreadyPending    the same member already has a job from this clip waiting
     ├── NotAllowed            channel/preset/button not allowed, or not the owner
     ├── NotFound              unknown job id, or a clip file that is gone
-    ├── InvalidState          the job is not in a state that allows the action (also lost races)
-    └── GenerationFailed      the generator failed for good (after the retry)
+    └── InvalidState          the job is not in a state that allows the action (also lost races)
 """
 
 from __future__ import annotations
@@ -82,9 +81,10 @@ class InvalidState(ZoetropeError):
     """The job's status does not allow the action (for example cancelling a finished job)."""
 
 
-class GenerationFailed(ZoetropeError):
-    """Generation failed for good; `kind` is the backend's failure kind."""
+UNEXPECTED = "Something went wrong on my side; please try again."
 
-    def __init__(self, message: str, *, kind: str = "error") -> None:
-        super().__init__(message)
-        self.kind = kind
+
+def member_message(error: BaseException) -> str:
+    """What a member reads for `error`: a domain error's own sentence, else a generic one
+    (an unexpected error is a bug: its details go to the log, never to Discord)."""
+    return error.message if isinstance(error, ZoetropeError) else UNEXPECTED

@@ -12,62 +12,16 @@ the allowed-mentions guard were ever lost.
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import discord
 
+from bot.store import JobStatus
+
 if TYPE_CHECKING:
     from bot.store import GuildSettings, Job
-
-# -- custom ids ----------------------------------------------------------------------------------
-
-CUSTOM_ID_PREFIX = "zoetrope"
-# Every action a button can carry. The custom_id is `zoetrope:<action>:<job_id>` and holds
-# nothing else: the job row is the truth, so an old message still works after a restart.
-ACTIONS: tuple[str, ...] = (
-    "reroll",
-    "vary-subtle",
-    "vary-strong",
-    "edit",
-    "extend",
-    "loop",
-    "share",
-    "info",
-    "delete",
-    "cancel",
-)
-JOB_ID_PATTERN = r"[a-z0-9][a-z0-9_-]{0,63}"
-CUSTOM_ID_RE = re.compile(
-    rf"{CUSTOM_ID_PREFIX}:(?P<action>{'|'.join(re.escape(a) for a in ACTIONS)}):(?P<job_id>{JOB_ID_PATTERN})"
-)
-EDIT_MODAL_RE = re.compile(rf"{CUSTOM_ID_PREFIX}:edit-modal:(?P<job_id>{JOB_ID_PATTERN})")
-MAX_CUSTOM_ID = 100  # Discord's limit
-
-
-def custom_id(action: str, job_id: str) -> str:
-    """`zoetrope:<action>:<job_id>`; raises ValueError for an unknown action or a bad id."""
-    if action not in ACTIONS:
-        raise ValueError(f"action must be one of {ACTIONS}, got {action!r}")
-    value = f"{CUSTOM_ID_PREFIX}:{action}:{job_id}"
-    if not CUSTOM_ID_RE.fullmatch(value) or len(value) > MAX_CUSTOM_ID:
-        raise ValueError(f"job_id {job_id!r} cannot go into a custom_id")
-    return value
-
-
-def edit_modal_id(job_id: str) -> str:
-    value = f"{CUSTOM_ID_PREFIX}:edit-modal:{job_id}"
-    if not EDIT_MODAL_RE.fullmatch(value):
-        raise ValueError(f"job_id {job_id!r} cannot go into a custom_id")
-    return value
-
-
-def parse_custom_id(value: str) -> tuple[str, str] | None:
-    """(action, job_id) from a custom_id, or None if it is not one of ours."""
-    match = CUSTOM_ID_RE.fullmatch(value)
-    return (match["action"], match["job_id"]) if match else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,7 +139,7 @@ def progress_content(job: Job, queue: QueueInfo | None = None) -> str:
     queue = queue or QueueInfo()
     head = f"{_KIND_WORDS.get(job.kind, 'Animating')} for {mention(job.user_id)}"
     status = job.status
-    if status == "queued":
+    if status == JobStatus.QUEUED:
         if queue.note:
             line = f"⏳ Queued · {escape(queue.note)}"
             if queue.position is not None:
@@ -200,7 +154,7 @@ def progress_content(job: Job, queue: QueueInfo | None = None) -> str:
                 line += " · model warming up"
         if queue.eta is not None:
             line += f" · ETA {relative_time(queue.eta)}"
-    elif status == "running":
+    elif status == JobStatus.RUNNING:
         stage = job.stage or "load"
         if stage == "load" or queue.warming_up:
             line = "🔥 Warming up the model…"
@@ -215,9 +169,9 @@ def progress_content(job: Job, queue: QueueInfo | None = None) -> str:
             line = "📦 Encoding the clip…"
         if queue.eta is not None and stage == "denoise":
             line += f" · done {relative_time(queue.eta)}"
-    elif status == "done":
+    elif status == JobStatus.DONE:
         line = _done_line(job)
-    elif status == "cancelled":
+    elif status == JobStatus.CANCELLED:
         line = "✖️ Cancelled."
     else:
         reason = job.error or "the generator failed"
@@ -243,11 +197,11 @@ def _done_line(job: Job) -> str:
 
 def progress_buttons(job: Job) -> tuple[ButtonSpec, ...]:
     """Cancel while the job is pending; nothing once it has finished."""
-    return PROGRESS_BUTTONS if job.status in ("queued", "running") else ()
+    return PROGRESS_BUTTONS if job.status in (JobStatus.QUEUED, JobStatus.RUNNING) else ()
 
 
 def progress_is_final(job: Job) -> bool:
-    return job.status in ("done", "failed", "cancelled")
+    return job.status in (JobStatus.DONE, JobStatus.FAILED, JobStatus.CANCELLED)
 
 
 # -- result message ------------------------------------------------------------------------------
@@ -375,7 +329,7 @@ def queue_content(
     if not mine:
         lines.append("You have no clips in the queue.")
     for job, info in mine:
-        if job.status == "running":
+        if job.status == JobStatus.RUNNING:
             state = "generating"
             if job.stage == "denoise" and job.progress_total:
                 state += f" `{progress_bar(job.progress_step or 0, job.progress_total)}`"
@@ -391,10 +345,10 @@ def history_content(jobs: Iterable[Job]) -> str:
     lines = []
     for job in jobs:
         url = result_url(job)
-        if job.status == "done" and job.result_deleted_at is not None:
+        if job.status == JobStatus.DONE and job.result_deleted_at is not None:
             where = "deleted"  # its message is gone: no dead link
         else:
-            where = f"[clip]({url})" if url and job.status == "done" else job.status
+            where = f"[clip]({url})" if url and job.status == JobStatus.DONE else job.status
         lines.append(f"• `{job.id}` {where} — {escape(_short(job.prompt, 60))}")
     return _fit("\n".join(lines) or "You have no clips yet. Try `/animate`.")
 

@@ -53,7 +53,6 @@ Public API:
         pop(can_run=None) -> Entry | None, remove(job_id), position(job_id) (within its pool),
         order(pool=ALL), positions(), pools(), pool_of(job_id), waiting_in(guild),
         waiting_for(pool), len(), `job_id in queues`, entry(job_id)
-    estimate_wait(position, running_remaining, slots, per_job) -> float
     Scheduler(*, capacity, run, total=None, poll_interval=1.0, on_change=None)
         capacity(pool) -> int and total(pool) -> int | None take the pool of the jobs
         .queue (PoolQueues), .running (dict job_id -> task),
@@ -66,7 +65,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import heapq
 import logging
 from collections import deque
 from collections.abc import Awaitable, Callable, Hashable, Iterator
@@ -400,30 +398,6 @@ class PoolQueues:
         for queue in self._queues.values():
             out.update(queue.positions())
         return out
-
-
-def estimate_wait(
-    position: int,
-    running_remaining: list[float],
-    slots: int,
-    per_job: float,
-) -> float:
-    """Seconds until the job at `position` (1-based) starts.
-
-    `running_remaining`: estimated seconds left for each running job; `per_job`: typical
-    seconds per job. Each free slot takes the next job; exact for small queues, a closed
-    form (work divided by slots) beyond a few thousand jobs ahead.
-    """
-    slots = max(slots, 1)
-    free_at = sorted(max(r, 0.0) for r in running_remaining)[:slots]
-    free_at += [0.0] * (slots - len(free_at))
-    ahead = position - 1
-    if ahead > 5000:
-        return (sum(free_at) + ahead * per_job) / slots
-    heapq.heapify(free_at)
-    for _ in range(ahead):
-        heapq.heappush(free_at, heapq.heappop(free_at) + per_job)
-    return free_at[0]
 
 
 class Scheduler:

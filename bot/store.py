@@ -23,8 +23,13 @@ Public API (all synchronous, call from the event-loop thread; each call is a few
     Store.get_job(job_id) -> Job | None ; Store.require_job(job_id) -> Job  (NotFound)
     Store.transition(job_id, from_status, to_status, **fields) -> Job   (InvalidState/NotFound)
     Store.update_job(job_id, **fields) -> Job              # never the status
+    Store.insert_counted(job) -> Job                       # + its daily count, one transaction
+    Store.finish_refunded(job, from_status, to_status, **fields) -> Job   # + the refund
+    Store.mark_delivered(job_id, *, message_id, channel_id, at) -> Job    # the first wins
+    Store.forget_output(job_id, *, at) -> Job ; Store.increment_delivery_attempts(job_id)
     Store.jobs_with_status(*statuses) -> list[Job]         # oldest first (seq order)
-    Store.pending_for_user(user_id) -> int ; pending_for_guild(guild_id) -> int ; queued_total()
+    Store.pending_for_user(user_id) -> int ; pending_for_guild(guild_id) -> int
+    Store.count_jobs() -> int
     Store.pending_jobs_for_user(user_id) -> list[Job]
     Store.pending_child(parent_id, user_id) -> Job | None
     Store.history(user_id, *, guild_id=None, limit=10) -> list[Job]
@@ -44,42 +49,57 @@ from __future__ import annotations
 import base64
 import dataclasses
 import json
-import re
 import secrets
 import sqlite3
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 from typing import Any, Literal
 
 import sqlite_utils
 
 from bot.errors import BadOption, InvalidState, NotFound
+from bot.guild_settings import SETTING_FIELDS as _SETTING_FIELDS
+from bot.guild_settings import GuildSettings, check_id, validate_setting
+from bot.migrations import MIGRATIONS, SCHEMA_VERSION
 
-JobStatus = Literal["queued", "running", "done", "failed", "cancelled"]
+
+class JobStatus(StrEnum):
+    """A job's status; equal to its string, which is what the `jobs.status` column holds."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
 JobKind = Literal["animate", "reroll", "vary", "edit", "extend", "loop"]
 
-STATUSES: tuple[str, ...] = ("queued", "running", "done", "failed", "cancelled")
-PENDING: tuple[str, ...] = ("queued", "running")
-FINISHED: tuple[str, ...] = ("done", "failed", "cancelled")
+STATUSES: tuple[JobStatus, ...] = tuple(JobStatus)
+PENDING: tuple[JobStatus, ...] = (JobStatus.QUEUED, JobStatus.RUNNING)
+FINISHED: tuple[JobStatus, ...] = (JobStatus.DONE, JobStatus.FAILED, JobStatus.CANCELLED)
 KINDS: tuple[str, ...] = ("animate", "reroll", "vary", "edit", "extend", "loop")
 
 # Allowed status changes. `running -> queued` is the retry/resume path only.
-TRANSITIONS: dict[str, frozenset[str]] = {
-    "queued": frozenset({"running", "cancelled", "failed"}),
-    "running": frozenset({"queued", "done", "failed", "cancelled"}),
-    "done": frozenset(),
-    "failed": frozenset(),
-    "cancelled": frozenset(),
+TRANSITIONS: dict[JobStatus, frozenset[JobStatus]] = {
+    JobStatus.QUEUED: frozenset({JobStatus.RUNNING, JobStatus.CANCELLED, JobStatus.FAILED}),
+    JobStatus.RUNNING: frozenset(
+        {JobStatus.QUEUED, JobStatus.DONE, JobStatus.FAILED, JobStatus.CANCELLED}
+    ),
+    JobStatus.DONE: frozenset(),
+    JobStatus.FAILED: frozenset(),
+    JobStatus.CANCELLED: frozenset(),
 }
 
 # How a member reads a status in "That clip is already ..." messages.
 _STATUS_WORDS = {
-    "queued": "still waiting in the queue",
-    "running": "being generated right now",
-    "done": "already finished",
-    "failed": "already failed",
-    "cancelled": "already cancelled",
+    JobStatus.QUEUED: "still waiting in the queue",
+    JobStatus.RUNNING: "being generated right now",
+    JobStatus.DONE: "already finished",
+    JobStatus.FAILED: "already failed",
+    JobStatus.CANCELLED: "already cancelled",
 }
 
 
@@ -89,7 +109,7 @@ class Job:
 
     id: str
     kind: str
-    status: str
+    status: JobStatus
     guild_id: int | None  # None: a DM (the DM counts as its own server for fairness)
     channel_id: int
     user_id: int  # who owns the job: the requester, or whoever clicked a clip's button
@@ -170,6 +190,7 @@ class Job:
     def from_row(cls, row: dict[str, Any]) -> Job:
         data = {k: row[k] for k in _JOB_FIELDS if k in row}
         data["meta"] = json.loads(row.get("meta") or "{}")
+        data["status"] = JobStatus(data["status"])
         return cls(**data)
 
 
@@ -182,204 +203,10 @@ def _encode(name: str, value: Any) -> Any:
         return json.dumps(value or {}, sort_keys=True)
     if isinstance(value, bool):
         return int(value)
+    if isinstance(value, StrEnum):
+        return value.value
     return value
 
-
-@dataclass(slots=True, frozen=True)
-class GuildSettings:
-    """Per-server settings; None in a limit means "the bot's default"."""
-
-    guild_id: int
-    allowed_channel_ids: tuple[int, ...] = ()  # empty: every channel
-    showcase_channel_id: int | None = None
-    max_pending_per_user: int | None = None
-    max_pending_per_guild: int | None = None
-    daily_limit_per_user: int | None = None  # 0: no daily limit on this server
-    allowed_presets: tuple[str, ...] = ()  # empty: every preset
-    others_can_use_buttons: bool = True  # may members reroll/vary/edit/extend others' clips
-    updated_at: float | None = None
-
-    def channel_allowed(self, channel_id: int) -> bool:
-        return not self.allowed_channel_ids or channel_id in self.allowed_channel_ids
-
-    def preset_allowed(self, preset: str | None) -> bool:
-        return preset is None or not self.allowed_presets or preset in self.allowed_presets
-
-
-_SETTING_FIELDS = tuple(f.name for f in dataclasses.fields(GuildSettings))
-# Preset names, and the names a worker fleet serves (`local:<folder>`; see redis_backend).
-_PRESET_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:+-]{0,99}$")
-_SETTING_RANGES = {
-    "max_pending_per_user": (1, 100),
-    "max_pending_per_guild": (1, 10_000),
-    "daily_limit_per_user": (0, 10_000),
-}
-
-
-def _check_id(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise BadOption(f"{name} must be a Discord id (a positive whole number), got {value!r}.")
-    return value
-
-
-def _validate_setting(name: str, value: Any) -> Any:
-    """Return the stored form of one setting or raise BadOption naming it and the value."""
-    if name == "allowed_channel_ids":
-        if isinstance(value, int | str) or not isinstance(value, Iterable):
-            raise BadOption(f"allowed_channel_ids must be a list of channel ids, got {value!r}.")
-        ids = tuple(dict.fromkeys(_check_id("allowed_channel_ids", v) for v in value))
-        if len(ids) > 100:
-            raise BadOption(f"allowed_channel_ids may list at most 100 channels, got {len(ids)}.")
-        return ids
-    if name == "showcase_channel_id":
-        return None if value is None else _check_id(name, value)
-    if name in _SETTING_RANGES:
-        if value is None:
-            return None
-        low, high = _SETTING_RANGES[name]
-        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-            raise BadOption(f"{name} must be a whole number from {low} to {high}, got {value!r}.")
-        return value
-    if name == "allowed_presets":
-        if isinstance(value, str) or not isinstance(value, Iterable):
-            raise BadOption(f"allowed_presets must be a list of preset names, got {value!r}.")
-        names = tuple(dict.fromkeys(value))
-        for preset in names:
-            if not isinstance(preset, str) or not _PRESET_NAME.match(preset):
-                raise BadOption(f"allowed_presets has a bad preset name: {preset!r}.")
-        return names
-    if name == "others_can_use_buttons":
-        if not isinstance(value, bool):
-            raise BadOption(f"others_can_use_buttons must be true or false, got {value!r}.")
-        return value
-    raise BadOption(f"Unknown server setting {name!r}.")
-
-
-# ---------------------------------------------------------------------------------------
-# Migrations: numbered, applied in order, each in one transaction with its record.
-# Never edit a released migration; add the next number.
-
-
-def _migration_1(db: sqlite_utils.Database) -> None:
-    # One statement at a time: executescript() would COMMIT the migration's transaction.
-    for statement in _MIGRATION_1_SQL.split(";"):
-        if statement.strip():
-            db.conn.execute(statement)
-
-
-_MIGRATION_1_SQL = """
-        CREATE TABLE jobs (
-            seq INTEGER PRIMARY KEY AUTOINCREMENT,
-            id TEXT NOT NULL UNIQUE,
-            kind TEXT NOT NULL,
-            parent_id TEXT,
-            guild_id INTEGER,
-            channel_id INTEGER NOT NULL,
-            user_id INTEGER NOT NULL,
-            prompt TEXT NOT NULL,
-            negative_prompt TEXT NOT NULL DEFAULT '',
-            camera TEXT,
-            duration TEXT,
-            input_sha256 TEXT NOT NULL,
-            preset TEXT,
-            width INTEGER,
-            height INTEGER,
-            num_frames INTEGER,
-            fps REAL,
-            steps INTEGER,
-            seed INTEGER NOT NULL,
-            variation_seed INTEGER,
-            variation_strength REAL NOT NULL DEFAULT 0,
-            status TEXT NOT NULL
-                CHECK (status IN ('queued', 'running', 'done', 'failed', 'cancelled')),
-            attempts INTEGER NOT NULL DEFAULT 0,
-            error TEXT,
-            error_kind TEXT,
-            progress_message_id INTEGER,
-            result_message_id INTEGER,
-            output_path TEXT,
-            output_bytes INTEGER,
-            quota_day TEXT,
-            meta TEXT NOT NULL DEFAULT '{}',
-            created_at REAL NOT NULL,
-            started_at REAL,
-            finished_at REAL,
-            gen_seconds REAL
-        );
-        CREATE INDEX jobs_status_user ON jobs (status, user_id);
-        CREATE INDEX jobs_status_guild ON jobs (status, guild_id);
-        CREATE INDEX jobs_parent_user ON jobs (parent_id, user_id);
-        CREATE INDEX jobs_user_seq ON jobs (user_id, seq);
-        CREATE TABLE guild_settings (
-            guild_id INTEGER PRIMARY KEY,
-            allowed_channel_ids TEXT NOT NULL DEFAULT '[]',
-            showcase_channel_id INTEGER,
-            max_pending_per_user INTEGER,
-            max_pending_per_guild INTEGER,
-            daily_limit_per_user INTEGER,
-            allowed_presets TEXT NOT NULL DEFAULT '[]',
-            others_can_use_buttons INTEGER NOT NULL DEFAULT 1,
-            updated_at REAL
-        );
-        CREATE TABLE daily_counts (
-            user_id INTEGER NOT NULL,
-            day TEXT NOT NULL,
-            count INTEGER NOT NULL DEFAULT 0,
-            PRIMARY KEY (user_id, day)
-        );
-"""
-
-
-def _migration_2(db: sqlite_utils.Database) -> None:
-    # What the Discord layer needs to finish a job after a restart: the interaction token
-    # (edits the deferred reply for 15 minutes), where the messages are, whether the result
-    # was delivered; credit for clips made from someone else's clip; generation times.
-    for column, kind in [
-        ("credit_user_id", "INTEGER"),
-        ("progress_channel_id", "INTEGER"),
-        ("result_channel_id", "INTEGER"),
-        ("interaction_token", "TEXT"),
-        ("application_id", "INTEGER"),
-        ("token_created_at", "REAL"),
-        ("delivered_at", "REAL"),
-        ("delivery_attempts", "INTEGER NOT NULL DEFAULT 0"),
-        ("progress_step", "INTEGER"),
-        ("progress_total", "INTEGER"),
-        ("stage", "TEXT"),
-        ("output_pruned_at", "REAL"),
-    ]:
-        db.conn.execute(f"ALTER TABLE jobs ADD COLUMN {column} {kind}")
-    db.conn.execute("CREATE INDEX jobs_status_delivered ON jobs (status, delivered_at)")
-    db.conn.execute("CREATE INDEX jobs_status_finished ON jobs (status, finished_at)")
-    db.conn.execute(
-        """CREATE TABLE gen_times (
-            id INTEGER PRIMARY KEY AUTOINCREMENT,
-            preset TEXT NOT NULL,
-            seconds REAL NOT NULL,
-            finished_at REAL NOT NULL
-        )"""
-    )
-    db.conn.execute("CREATE INDEX gen_times_preset ON gen_times (preset, id)")
-
-
-def _migration_3(db: sqlite_utils.Database) -> None:
-    # A deleted result message (so /history and /job stop linking to it) and the clip's
-    # showcase post (so Share posts once, beyond Discord's 5-minute nonce window).
-    for column, kind in [
-        ("result_deleted_at", "REAL"),
-        ("shared_channel_id", "INTEGER"),
-        ("shared_message_id", "INTEGER"),
-        ("shared_at", "REAL"),
-    ]:
-        db.conn.execute(f"ALTER TABLE jobs ADD COLUMN {column} {kind}")
-
-
-MIGRATIONS: list[tuple[int, str, Callable[[sqlite_utils.Database], None]]] = [
-    (1, "jobs, guild settings, daily counts", _migration_1),
-    (2, "delivery tracking, interaction tokens, credits, generation times", _migration_2),
-    (3, "deleted result messages, showcase posts", _migration_3),
-]
-SCHEMA_VERSION = MIGRATIONS[-1][0]
 
 # Keep this many recent generation times per preset for ETAs.
 GEN_TIMES_KEPT = 50
@@ -527,6 +354,51 @@ class Store:
         )
         return self.require_job(job_id)
 
+    # -- compound writes (each one transaction) -----------------------------------------
+
+    def insert_counted(self, job: Job, *, tries: int = 5) -> Job:
+        """Insert a new job and, when `job.quota_day` is set, count it against that day, in
+        one transaction. An id collision (50 random bits) gets a new id and another try."""
+        for attempt in range(tries):
+            try:
+                with self.db.atomic():
+                    if job.quota_day is not None:
+                        self.add_daily(job.user_id, job.quota_day, 1)
+                    return self.insert_job(job)
+            except sqlite3.IntegrityError:
+                if self.get_job(job.id) is None or attempt == tries - 1:
+                    raise
+                job.id = self.new_job_id()
+        raise AssertionError("unreachable")
+
+    def finish_refunded(
+        self, job: Job, from_status: str, to_status: JobStatus, **fields: Any
+    ) -> Job:
+        """Move `job` to failed or cancelled and give its daily count back, in one
+        transaction (a clip that was not made does not count)."""
+        with self.db.atomic():
+            finished = self.transition(job.id, from_status, to_status, quota_day=None, **fields)
+            if job.quota_day is not None:
+                self.add_daily(job.user_id, job.quota_day, -1)
+        return finished
+
+    def mark_delivered(
+        self, job_id: str, *, message_id: int | None, channel_id: int | None, at: float
+    ) -> Job:
+        """Record where the result (or failure notice) reached the member; the first
+        delivery wins (guarded on `delivered_at IS NULL`)."""
+        self.require_job(job_id)
+        self.db.execute(
+            "UPDATE jobs SET delivered_at = ?, result_message_id = ?, result_channel_id = ? "
+            "WHERE id = ? AND delivered_at IS NULL",
+            [at, message_id, channel_id, job_id],
+        )
+        return self.require_job(job_id)
+
+    def forget_output(self, job_id: str, *, at: float) -> Job:
+        """The output file was pruned: the row stays, without a path."""
+        return self.update_job(job_id, output_path=None, output_pruned_at=at)
+
     def _jobs(self, sql: str, params: list[Any]) -> list[Job]:
         return [Job.from_row(row) for row in self.db.query(sql, params)]
 
@@ -543,8 +415,9 @@ class Store:
     def pending_for_guild(self, guild_id: int) -> int:
         return self._count("status IN ('queued', 'running') AND guild_id = ?", [guild_id])
 
-    def queued_total(self) -> int:
-        return self._count("status = 'queued'", [])
+    def count_jobs(self) -> int:
+        """Rows in `jobs`, whatever their status (tests: "nothing was written")."""
+        return self._count("1", [])
 
     def _count(self, where: str, params: list[Any]) -> int:
         return self.conn.execute(f"SELECT COUNT(*) FROM jobs WHERE {where}", params).fetchone()[0]
@@ -688,12 +561,12 @@ class Store:
 
         Limits take None to go back to the bot's default.
         """
-        _check_id("guild_id", guild_id)
+        check_id("guild_id", guild_id)
         current = self.get_guild_settings(guild_id)
         for name in changes:
             if name in ("guild_id", "updated_at") or name not in _SETTING_FIELDS:
                 raise BadOption(f"Unknown server setting {name!r}.")
-        clean = {name: _validate_setting(name, value) for name, value in changes.items()}
+        clean = {name: validate_setting(name, value) for name, value in changes.items()}
         updated = dataclasses.replace(current, **clean, updated_at=now)
         row = dataclasses.asdict(updated)
         row["allowed_channel_ids"] = json.dumps(list(updated.allowed_channel_ids))

@@ -11,7 +11,8 @@ from pathlib import Path
 from PIL import Image
 
 from bot import intake
-from bot.jobs import JobService, Limits
+from bot.admission import Limits
+from bot.jobs import JobService
 from bot.store import Store
 from tests.jobs_backend import FakeBackend
 

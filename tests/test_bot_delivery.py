@@ -1,12 +1,12 @@
-"""delivery.py's pure parts: retry schedule, who a result may ping, custom_id buttons."""
+"""delivery.py's and buttons.py's pure parts: retry schedule, who a result may ping, the custom_id scheme and its buttons."""
 
 from __future__ import annotations
 
 import pytest
 
-from bot import render
-from bot.buttons import JobButton, modal_values
-from bot.delivery import RetryPolicy, build_view, requester_only
+from bot import buttons, render
+from bot.buttons import JobButton, build_view, modal_values
+from bot.delivery import RetryPolicy, requester_only
 
 
 def test_retry_policy_is_bounded_and_can_be_off() -> None:
@@ -28,7 +28,7 @@ def test_view_of_dynamic_buttons() -> None:
     view = build_view("abcdefghij", render.RESULT_BUTTONS)
     assert view is not None and view.timeout is None
     ids = [item.custom_id for item in view.children]
-    assert ids == [render.custom_id(s.action, "abcdefghij") for s in render.RESULT_BUTTONS]
+    assert ids == [buttons.custom_id(s.action, "abcdefghij") for s in render.RESULT_BUTTONS]
     assert all(isinstance(item, JobButton) for item in view.children)
     rows = view.to_components()
     assert len(rows) == 2 and all(len(r["components"]) <= 5 for r in rows)
@@ -41,3 +41,19 @@ def test_modal_values_reads_rows_and_labels() -> None:
     labels = [{"type": 18, "component": {"type": 4, "custom_id": "prompt", "value": "b"}}]
     assert modal_values(rows) == {"prompt": "a"}
     assert modal_values(labels) == {"prompt": "b"}
+
+
+def test_custom_id_round_trip_and_limit() -> None:
+    """Every action's custom_id parses back to (action, job id) and fits in 100 characters."""
+    job_id = "z" * 64
+    for action in buttons.ACTIONS:
+        value = buttons.custom_id(action, job_id)
+        assert len(value) <= 100
+        match = buttons.CUSTOM_ID_RE.fullmatch(value)
+        assert match is not None and (match["action"], match["job_id"]) == (action, job_id)
+    assert buttons.CUSTOM_ID_RE.fullmatch("zoetrope:explode:abc") is None
+    assert buttons.CUSTOM_ID_RE.fullmatch("other:reroll:abc") is None
+    with pytest.raises(ValueError, match="action"):
+        buttons.custom_id("explode", "abc")
+    with pytest.raises(ValueError, match="job_id"):
+        buttons.custom_id("reroll", "has space")

@@ -26,7 +26,7 @@ import pytest
 import pytest_asyncio
 from PIL import Image
 
-from bot import render
+from bot import buttons, render
 from bot.app import ZoetropeBot
 from bot.config import load_settings
 from bot.delivery import RetryPolicy
@@ -299,7 +299,7 @@ async def test_animate_progress_and_result(
     # The result: a new, public message pinging only the requester, with the clip and buttons.
     assert result.id != progress.id and not result.ephemeral
     assert result.pinged.users == {h.alice.id} and not result.pinged.everyone
-    assert result.custom_ids == [render.custom_id(a, job.id) for a in RESULT_ACTIONS]
+    assert result.custom_ids == [buttons.custom_id(a, job.id) for a in RESULT_ACTIONS]
     assert len(result.attachments) == 1 and result.attachments[0].filename.endswith(".mp4")
     info = probe_bytes(result.file(), tmp_path)
     assert info["codec"] == "h264" and info["pix_fmt"] == "yuv420p" and info["faststart"]
@@ -338,12 +338,12 @@ async def test_reroll_vary_extend_loop(h: Harness, backend: LocalBackend) -> Non
         "loop": lambda j: j.kind == "loop" and j.num_frames == 2 * parent.num_frames - 2,
     }
     for action, check in expectations.items():
-        ix = await h.server.click(result, render.custom_id(action, parent.id), h.alice)
+        ix = await h.server.click(result, buttons.custom_id(action, parent.id), h.alice)
         assert await ix.acknowledged() == 5, action
         child, child_result = await h.delivered((await h.job_of(ix)).id)
         assert child.parent_id == parent.id and child.user_id == h.alice.id, action
         assert check(child), (action, child)
-        assert child_result.custom_ids == [render.custom_id(a, child.id) for a in RESULT_ACTIONS]
+        assert child_result.custom_ids == [buttons.custom_id(a, child.id) for a in RESULT_ACTIONS]
         assert child_result.pinged.users == {h.alice.id}
 
 
@@ -351,7 +351,7 @@ async def test_edit_opens_prefilled_modal(h: Harness, backend: LocalBackend) -> 
     """Edit opens a modal holding the prompt; submitting it makes an edit job, same seed."""
     await h.start_bot(backend)
     parent, result = await h.delivered((await h.job_of(await h.animate(h.alice, "a calm sea"))).id)
-    ix = await h.server.click(result, render.custom_id("edit", parent.id), h.alice)
+    ix = await h.server.click(result, buttons.custom_id("edit", parent.id), h.alice)
     assert await ix.acknowledged() == 9  # a modal
     assert ix.modal is not None and ix.modal["custom_id"] == f"zoetrope:edit-modal:{parent.id}"
     values = [c.get("value") for c in _walk(ix.modal["components"]) if c.get("type") == 4]
@@ -380,13 +380,13 @@ async def test_info_share_delete(h: Harness, backend: LocalBackend) -> None:
     await h.start_bot(backend)
     job, result = await h.delivered((await h.job_of(await h.animate(h.alice))).id)
 
-    info = await h.server.click(result, render.custom_id("info", job.id), h.bob)
+    info = await h.server.click(result, buttons.custom_id("info", job.id), h.bob)
     assert await info.acknowledged() == 4 and info.ephemeral
     assert info.original is not None and info.original.embeds
     fields = {f["name"]: f["value"] for f in info.original.embeds[0]["fields"]}
     assert fields["Seed"] == str(job.seed)
 
-    share = await h.server.click(result, render.custom_id("share", job.id), h.alice)
+    share = await h.server.click(result, buttons.custom_id("share", job.id), h.alice)
     await share.acknowledged()
     assert any("showcase" in t for t in await _private(h, share)), "no showcase set: refused"
 
@@ -395,7 +395,7 @@ async def test_info_share_delete(h: Harness, backend: LocalBackend) -> None:
         h.guild, h.channel, owner, "settings showcase", {"channel": showcase}
     )
     assert await settings.acknowledged() == 4 and settings.ephemeral
-    share = await h.server.click(result, render.custom_id("share", job.id), h.alice)
+    share = await h.server.click(result, buttons.custom_id("share", job.id), h.alice)
     await h.server.wait_for(lambda: h.server.messages(showcase), what="the showcase post")
     post = h.server.messages(showcase)[0]
     assert post.attachments and f"<@{h.alice.id}>" in post.content
@@ -403,10 +403,10 @@ async def test_info_share_delete(h: Harness, backend: LocalBackend) -> None:
     assert post.pinged.nobody
     assert any("Shared" in t for t in await _private(h, share))
 
-    refused = await h.server.click(result, render.custom_id("delete", job.id), h.bob)
+    refused = await h.server.click(result, buttons.custom_id("delete", job.id), h.bob)
     assert any("Only the member" in t for t in await _private(h, refused))
     assert not result.deleted
-    delete = await h.server.click(result, render.custom_id("delete", job.id), h.alice)
+    delete = await h.server.click(result, buttons.custom_id("delete", job.id), h.alice)
     await h.server.wait_for(lambda: result.deleted, what="the result deleted")
     assert delete.acknowledged_ok
     assert h.job(job.id).status == "done"  # the clip stays; only the message is gone
@@ -423,8 +423,8 @@ async def test_share_posts_once(h: Harness, backend: LocalBackend) -> None:
     await chosen.acknowledged()
     job, result = await h.delivered((await h.job_of(await h.animate(h.alice))).id)
     clicks = await asyncio.gather(
-        h.server.click(result, render.custom_id("share", job.id), h.alice),
-        h.server.click(result, render.custom_id("share", job.id), h.alice),
+        h.server.click(result, buttons.custom_id("share", job.id), h.alice),
+        h.server.click(result, buttons.custom_id("share", job.id), h.alice),
     )
     replies = [await _private(h, ix) for ix in clicks]
     shared = await h.server.wait_for(
@@ -436,7 +436,7 @@ async def test_share_posts_once(h: Harness, backend: LocalBackend) -> None:
     assert all(any(url in text for text in texts) for texts in replies), replies
 
     h.server.clock.advance(6 * 60)  # past the nonce window: only our record stops a repost
-    again = await h.server.click(result, render.custom_id("share", job.id), h.alice)
+    again = await h.server.click(result, buttons.custom_id("share", job.id), h.alice)
     assert await again.acknowledged() == 4 and again.ephemeral
     assert "already in the showcase" in again.original.content and url in again.original.content
     assert [m.id for m in h.server.messages(showcase)] == [post.id]
@@ -451,7 +451,7 @@ async def test_delete_is_recorded_and_job_reposts(h: Harness, backend: LocalBack
     await h.settled(ix.original, "watch the clip")
     old_url = render.result_url(job)
     assert old_url in ix.original.content
-    await h.server.click(result, render.custom_id("delete", job.id), h.alice)
+    await h.server.click(result, buttons.custom_id("delete", job.id), h.alice)
     gone = await h.server.wait_for(
         lambda: (j := h.job(job.id)).result_deleted_at and j, what="the deletion recorded"
     )
@@ -466,7 +466,7 @@ async def test_delete_is_recorded_and_job_reposts(h: Harness, backend: LocalBack
     repost = await h.server.slash(h.guild, h.channel, h.alice, "job", {"id": job.id})
     assert await repost.acknowledged() == 5
     await h.server.wait_for(lambda: repost.original.attachments, what="the re-post")
-    assert repost.original.custom_ids == [render.custom_id(a, job.id) for a in RESULT_ACTIONS]
+    assert repost.original.custom_ids == [buttons.custom_id(a, job.id) for a in RESULT_ACTIONS]
     back = await h.server.wait_for(
         lambda: (j := h.job(job.id)).result_message_id and j, what="the re-post recorded"
     )
@@ -497,7 +497,7 @@ async def test_limits_are_checked_before_the_download(
     assert "You already have 2 clips in the queue" in refused.original.content
     assert attachment.downloads == 0
     assert h.server.requests_for("GET", rf"^/cdn/attachments/\d+/{attachment.id}/") == []
-    extend = await h.server.click(result, render.custom_id("extend", parent.id), h.alice)
+    extend = await h.server.click(result, buttons.custom_id("extend", parent.id), h.alice)
     assert await extend.acknowledged() == 4 and extend.ephemeral
     assert "You already have 2 clips in the queue" in extend.original.content
     assert len(h.bot.jobs.history(h.alice.id, limit=10)) == 3
@@ -517,8 +517,8 @@ async def test_others_clicks_and_duplicates(h: Harness, backend: LocalBackend) -
     await h.start_bot(backend)
     parent, result = await h.delivered((await h.job_of(await h.animate(h.alice))).id)
     first, second = await asyncio.gather(
-        h.server.click(result, render.custom_id("reroll", parent.id), h.bob),
-        h.server.click(result, render.custom_id("reroll", parent.id), h.bob),
+        h.server.click(result, buttons.custom_id("reroll", parent.id), h.bob),
+        h.server.click(result, buttons.custom_id("reroll", parent.id), h.bob),
     )
     await first.acknowledged()
     await second.acknowledged()
@@ -538,10 +538,10 @@ async def test_others_clicks_and_duplicates(h: Harness, backend: LocalBackend) -
         h.guild, h.channel, owner, "settings buttons", {"others_can_use": False}
     )
     await off.acknowledged()
-    denied = await h.server.click(result, render.custom_id("vary-subtle", parent.id), h.bob)
+    denied = await h.server.click(result, buttons.custom_id("vary-subtle", parent.id), h.bob)
     assert await denied.acknowledged() == 4 and denied.ephemeral
     assert "only the clip's owner" in denied.original.content
-    mine = await h.server.click(result, render.custom_id("vary-subtle", parent.id), h.alice)
+    mine = await h.server.click(result, buttons.custom_id("vary-subtle", parent.id), h.alice)
     assert await mine.acknowledged() == 5
     await h.delivered((await h.job_of(mine)).id)
 
@@ -564,20 +564,20 @@ async def test_cancel_from_progress_message(h: Harness, slow_backend: LocalBacke
     queued_ix = await h.animate(h.alice, "second clip")
     queued = await h.job_of(queued_ix)
     await h.settled(queued_ix.original, "Queued")
-    assert render.custom_id("cancel", queued.id) in queued_ix.original.custom_ids
+    assert buttons.custom_id("cancel", queued.id) in queued_ix.original.custom_ids
 
     denied = await h.server.click(
-        running_ix.original, render.custom_id("cancel", running.id), h.bob
+        running_ix.original, buttons.custom_id("cancel", running.id), h.bob
     )
     assert await denied.acknowledged() == 4 and denied.ephemeral
     assert h.job(running.id).status == "running"
 
-    mine = await h.server.click(queued_ix.original, render.custom_id("cancel", queued.id), h.alice)
+    mine = await h.server.click(queued_ix.original, buttons.custom_id("cancel", queued.id), h.alice)
     assert await mine.acknowledged() == 6
     await h.settled(queued_ix.original, "Cancelled")
     assert h.job(queued.id).status == "cancelled" and queued_ix.original.components == []
 
-    stopped = await h.server.click(running_ix.original, render.custom_id("cancel", running.id), mod)
+    stopped = await h.server.click(running_ix.original, buttons.custom_id("cancel", running.id), mod)
     assert await stopped.acknowledged() == 6
     await h.settled(running_ix.original, "Cancelled")
     assert h.job(running.id).status == "cancelled"
@@ -604,9 +604,9 @@ async def test_restart_mid_generation(h: Harness, slow_backend: LocalBackend) ->
     assert [m.id for m in finished] == [old_result.id, result.id]  # delivered once
     await h.settled(ix.original, "watch the clip")  # the old progress message was finished
 
-    info = await h.server.click(old_result, render.custom_id("info", old.id), h.bob)
+    info = await h.server.click(old_result, buttons.custom_id("info", old.id), h.bob)
     assert await info.acknowledged() == 4 and info.original.embeds
-    loop = await h.server.click(old_result, render.custom_id("loop", old.id), h.alice)
+    loop = await h.server.click(old_result, buttons.custom_id("loop", old.id), h.alice)
     assert await loop.acknowledged() == 5
     await h.delivered((await h.job_of(loop)).id)
 
@@ -780,7 +780,7 @@ async def test_upload_limit_reencode_or_explain(h: Harness, backend: LocalBacken
     job, refused = await h.delivered((await h.job_of(await h.animate(h.alice, "tiny"))).id)
     assert not refused.attachments and "upload limit" in refused.content
     assert job.status == "done" and Path(job.output_path).is_file()
-    assert refused.custom_ids == [render.custom_id(a, job.id) for a in RESULT_ACTIONS]
+    assert refused.custom_ids == [buttons.custom_id(a, job.id) for a in RESULT_ACTIONS]
 
 
 async def test_commands_sync_only_when_changed(h: Harness, backend: LocalBackend) -> None:
@@ -816,7 +816,7 @@ async def test_queue_history_job_commands(h: Harness, slow_backend: LocalBackend
     repost = await h.server.slash(h.guild, h.channel, h.bob, "job", {"id": first.id})
     assert await repost.acknowledged() == 5
     await h.server.wait_for(lambda: repost.original.attachments, what="the re-post")
-    assert repost.original.custom_ids == [render.custom_id(a, first.id) for a in RESULT_ACTIONS]
+    assert repost.original.custom_ids == [buttons.custom_id(a, first.id) for a in RESULT_ACTIONS]
     assert repost.original.pinged.nobody
     unknown = await h.server.slash(h.guild, h.channel, h.bob, "job", {"id": "nosuchjob1"})
     assert any("no job" in t for t in await _private(h, unknown))

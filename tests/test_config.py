@@ -183,3 +183,32 @@ def test_missing_token_from_cli_is_one_line(tmp_path: Path) -> None:
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "DISCORD_TOKEN" in lines[0]
     assert "Traceback" not in result.stderr
+
+
+def test_upload_limit_is_the_encoders_byte_budget(tmp_path: Path) -> None:
+    """ZOETROPE_UPLOAD_LIMIT_MB reaches every GenerationRequest as its byte_budget, so the encoder makes a clip that fits the configured limit."""
+    from bot.app import build_job_service
+    from bot.recipes import new_job
+    from bot.store import Store
+    from tests.jobs_backend import FakeBackend
+
+    env = {"DISCORD_TOKEN": TOKEN, "ZOETROPE_DATA_DIR": str(tmp_path)}
+    for raw, expected in (("8", 8 * MIB), (None, 10 * MIB)):
+        settings = load_settings(
+            {**env, "ZOETROPE_UPLOAD_LIMIT_MB": raw} if raw else env, env_file=None
+        )
+        with Store(tmp_path / "zoetrope.db") as store:
+            service = build_job_service(settings, store, FakeBackend())
+            job = new_job(
+                now=0.0,
+                interaction=None,
+                kind="animate",
+                guild_id=1,
+                channel_id=2,
+                user_id=3,
+                prompt="waves",
+                input_sha256="a" * 64,
+                seed=1,
+            )
+            assert service.runner.build_request(job).byte_budget == expected
+            assert settings.limits.upload_limit_bytes == expected

@@ -29,21 +29,6 @@ def make_job(**changes: object) -> Job:
     return Job(**base)  # type: ignore[arg-type]
 
 
-def test_custom_id_round_trip_and_limit() -> None:
-    """Every action's custom_id parses back to (action, job id) and fits in 100 characters."""
-    job_id = "z" * 64
-    for action in render.ACTIONS:
-        value = render.custom_id(action, job_id)
-        assert len(value) <= 100
-        assert render.parse_custom_id(value) == (action, job_id)
-    assert render.parse_custom_id("zoetrope:explode:abc") is None
-    assert render.parse_custom_id("other:reroll:abc") is None
-    with pytest.raises(ValueError, match="action"):
-        render.custom_id("explode", "abc")
-    with pytest.raises(ValueError, match="job_id"):
-        render.custom_id("reroll", "has space")
-
-
 def test_result_buttons_are_the_full_set_in_valid_rows() -> None:
     """The result carries all nine buttons, at most five per row."""
     actions = [spec.action for spec in render.RESULT_BUTTONS]

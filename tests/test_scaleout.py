@@ -35,9 +35,9 @@ TINY_STEPS = 100  # about 1 s per clip on one CPU core: long enough to act on a 
 
 if REDIS_SERVER is not None:  # imported lazily below otherwise: nothing to run
     from bot import intake
-    from bot.jobs import Done as JobDone
-    from bot.jobs import JobService, Limits, Queued, Started
-    from bot.jobs import Progress as JobProgress
+    from bot.admission import Limits
+    from bot.events import JobDone, JobProgress, Queued, Started
+    from bot.jobs import JobService
     from bot.scheduler import FairQueue, queue_key
     from bot.store import Store
     from generator.protocol import BackendState, Done, Failed, GenerationRequest, Progress

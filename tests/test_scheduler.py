@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bot.scheduler import FairQueue, PoolQueues, Scheduler, estimate_wait, queue_key
+from bot.scheduler import FairQueue, PoolQueues, Scheduler, queue_key
 
 
 def drain(queue: FairQueue) -> list[str]:
@@ -159,15 +159,6 @@ def test_dispatch_order_obeys_round_robin_for_any_arrival_pattern(ops: list[tupl
     assert drain(q) == order
     assert sorted(predicted.values()) == list(range(1, len(waiting) + 1))
     assert [job for job, _ in sorted(predicted.items(), key=lambda kv: kv[1])] == order
-
-
-def test_estimate_wait() -> None:
-    """ETAs play the queue over the slots: running jobs first, then typical durations."""
-    assert estimate_wait(1, [], 1, 60.0) == 0.0
-    assert estimate_wait(1, [20.0], 1, 60.0) == 20.0
-    assert estimate_wait(3, [20.0], 1, 60.0) == 140.0
-    assert estimate_wait(3, [20.0, 5.0], 2, 60.0) == 65.0
-    assert estimate_wait(10_001, [], 2, 1.0) == pytest.approx(5000.0)
 
 
 async def test_scheduler_fills_free_slots_and_never_more() -> None:

@@ -156,7 +156,7 @@ def test_queries(store: Store) -> None:
     assert store.pending_for_user(2) == 2
     assert store.pending_for_guild(1) == 1
     assert store.pending_for_guild(3) == 1
-    assert store.queued_total() == 2
+    assert len(store.jobs_with_status("queued")) == 2 and store.count_jobs() == 4
     assert store.pending_child(parent.id, 2).id == child.id
     assert store.pending_child(parent.id, 1) is None
     assert [j.kind for j in store.history(2, limit=2)] == ["animate", "animate"]

@@ -1,0 +1,105 @@
+"""Answering interactions: the one room for how the bot talks back to a click or a command.
+
+Owns: the typed accessor for the bot's services (`services()`), interaction refs
+(`ref()`), where a new clip lives (`where()`), the moderator check, the defer that becomes
+a progress message (`start_progress()`), private error replies (`reply_error()`) and the
+ONE translator from an exception to what the member reads (`answer_error()`), used by the
+slash commands' tree handler, the buttons and the Edit modal alike. The words themselves
+come from bot/errors.py (`member_message()`).
+
+Imports: discord, bot.errors, bot.recipes, bot.store (types). Never bot.app at run time
+(only for type checking), so no module of the edge imports another through it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from typing import TYPE_CHECKING, Any
+
+import discord
+from discord import app_commands
+
+from bot.errors import ZoetropeError, member_message
+from bot.recipes import InteractionRef
+from bot.store import Job
+
+if TYPE_CHECKING:
+    from bot.app import ZoetropeBot
+
+log = logging.getLogger("zoetrope.interactions")
+
+
+def services(interaction: discord.Interaction) -> ZoetropeBot:
+    """The bot behind an interaction, typed: its jobs, delivery, settings, session."""
+    return interaction.client  # type: ignore[return-value]
+
+
+def ref(interaction: discord.Interaction) -> InteractionRef:
+    """The interaction as plain data for the core (its token edits the reply for 15 min)."""
+    return InteractionRef(
+        token=interaction.token,
+        application_id=interaction.application_id,
+        created_at=services(interaction).clock(),
+    )
+
+
+def is_moderator(interaction: discord.Interaction) -> bool:
+    """Manage Messages (or Administrator) where the interaction happened."""
+    permissions = interaction.permissions
+    return bool(permissions.manage_messages or permissions.administrator)
+
+
+def where(interaction: discord.Interaction) -> dict[str, Any]:
+    """Where a new clip lives: where the click happened (a /job re-post may be elsewhere)."""
+    return {"guild_id": interaction.guild_id, "channel_id": interaction.channel_id}
+
+
+async def start_progress(
+    interaction: discord.Interaction,
+    job: Job,
+    response: discord.InteractionCallbackResponse[Any] | None,
+) -> None:
+    """The public deferred reply becomes `job`'s progress message."""
+    bot = services(interaction)
+    message_id = getattr(response, "message_id", None)
+    if message_id is None:
+        message_id = (await interaction.original_response()).id
+    channel_id = interaction.channel_id or job.channel_id
+    job = bot.jobs.mark_progress_message(job.id, channel_id=channel_id, message_id=message_id)
+    bot.delivery.touch(job.id)
+
+
+async def reply_error(interaction: discord.Interaction, message: str) -> None:
+    """Tell the member what went wrong, privately, whatever state the response is in."""
+    response = interaction.response
+    try:
+        if not response.is_done():
+            await response.send_message(message, ephemeral=True)
+            return
+        if response.type is discord.InteractionResponseType.deferred_channel_message:
+            # A public "thinking…" reply: remove it, then answer privately (a followup sent
+            # while it is still loading would fill it in, publicly).
+            with contextlib.suppress(discord.HTTPException):
+                await interaction.delete_original_response()
+        await interaction.followup.send(message, ephemeral=True)
+    except discord.HTTPException as exc:
+        log.warning("could not send an error reply (%s): %s", exc.status, message)
+
+
+async def answer_error(interaction: discord.Interaction, error: BaseException, what: str) -> None:
+    """The one translator: a domain error becomes its message, privately; a refused check
+    a short refusal; Discord refusing a request is only logged (there is no one to tell);
+    anything else is a bug, logged with `what` (the command or "job <id>: <action>")."""
+    original = getattr(error, "original", error)  # app_commands.CommandInvokeError
+    if isinstance(original, ZoetropeError):
+        await reply_error(interaction, member_message(original))
+        return
+    if isinstance(error, app_commands.CheckFailure):
+        await reply_error(interaction, "You can't use this command here.")
+        return
+    if isinstance(original, discord.HTTPException):
+        log.error("%s: Discord refused a request (%s)", what, original.status, exc_info=original)
+        return
+    log.error("%s failed", what, exc_info=original)
+    await reply_error(interaction, member_message(original))
