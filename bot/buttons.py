@@ -22,19 +22,24 @@ import contextlib
 import logging
 import re
 from collections.abc import Awaitable, Callable, Iterable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import discord
 
 from bot import policy, render
 from bot.errors import NotAllowed
-from bot.interactions import answer_error, is_moderator, ref, services, start_progress, where
+from bot.interactions import (
+    Services,
+    answer_error,
+    is_moderator,
+    ref,
+    services,
+    start_progress,
+    where,
+)
 from bot.recipes import InteractionRef
 from bot.render import ButtonSpec
 from bot.store import Job
-
-if TYPE_CHECKING:
-    from bot.app import ZoetropeBot
 
 log = logging.getLogger("zoetrope.buttons")
 
@@ -137,7 +142,7 @@ async def handle_click(interaction: discord.Interaction, action: str, job_id: st
 
 
 async def _new_clip(
-    bot: ZoetropeBot,
+    bot: Services,
     interaction: discord.Interaction,
     make: Callable[[InteractionRef], Awaitable[Job]],
     *,
@@ -163,7 +168,7 @@ async def _new_clip(
     await start_progress(interaction, job, response)
 
 
-async def _reroll(bot: ZoetropeBot, interaction: discord.Interaction, job_id: str) -> None:
+async def _reroll(bot: Services, interaction: discord.Interaction, job_id: str) -> None:
     user = interaction.user.id
     await _new_clip(
         bot,
@@ -172,8 +177,8 @@ async def _reroll(bot: ZoetropeBot, interaction: discord.Interaction, job_id: st
     )
 
 
-def _vary(strength: str) -> Callable[[ZoetropeBot, discord.Interaction, str], Awaitable[None]]:
-    async def vary(bot: ZoetropeBot, interaction: discord.Interaction, job_id: str) -> None:
+def _vary(strength: str) -> Callable[[Services, discord.Interaction, str], Awaitable[None]]:
+    async def vary(bot: Services, interaction: discord.Interaction, job_id: str) -> None:
         user = interaction.user.id
         await _new_clip(
             bot,
@@ -186,7 +191,7 @@ def _vary(strength: str) -> Callable[[ZoetropeBot, discord.Interaction, str], Aw
     return vary
 
 
-async def _extend(bot: ZoetropeBot, interaction: discord.Interaction, job_id: str) -> None:
+async def _extend(bot: Services, interaction: discord.Interaction, job_id: str) -> None:
     user = interaction.user.id
     # Extend must read the clip's last frame (slow), so it defers first; every refusal that
     # needs no frame (limits, a pending child, the length cap) comes before that, privately,
@@ -205,7 +210,7 @@ async def _extend(bot: ZoetropeBot, interaction: discord.Interaction, job_id: st
         bot.jobs.release(ticket)
 
 
-async def _loop(bot: ZoetropeBot, interaction: discord.Interaction, job_id: str) -> None:
+async def _loop(bot: Services, interaction: discord.Interaction, job_id: str) -> None:
     user = interaction.user.id
     await _new_clip(
         bot,
@@ -235,7 +240,7 @@ class EditModal(discord.ui.Modal):
         self.add_item(self.prompt)
 
 
-async def _open_edit(bot: ZoetropeBot, interaction: discord.Interaction, job_id: str) -> None:
+async def _open_edit(bot: Services, interaction: discord.Interaction, job_id: str) -> None:
     job = policy.check_editable(bot.jobs.get(job_id))
     modal = EditModal(job, max_length=min(bot.jobs.limits.max_prompt_len, 4000))
     # Not kept in discord.py's modal store (which a restart empties): the submit is routed by
@@ -279,12 +284,12 @@ async def handle_edit_submit(interaction: discord.Interaction, job_id: str) -> N
 # -- buttons that act on this clip ---------------------------------------------------------------
 
 
-async def _info(bot: ZoetropeBot, interaction: discord.Interaction, job_id: str) -> None:
+async def _info(bot: Services, interaction: discord.Interaction, job_id: str) -> None:
     job = bot.jobs.get(job_id)
     await interaction.response.send_message(embed=render.info_embed(job), ephemeral=True)
 
 
-async def _share(bot: ZoetropeBot, interaction: discord.Interaction, job_id: str) -> None:
+async def _share(bot: Services, interaction: discord.Interaction, job_id: str) -> None:
     job = bot.jobs.get(job_id)
     policy.check_shareable(
         job,
@@ -316,7 +321,7 @@ def _already_shared(job: Job) -> str:
     return f"📌 This clip is already in the showcase: {render.shared_url(job)}"
 
 
-async def _delete(bot: ZoetropeBot, interaction: discord.Interaction, job_id: str) -> None:
+async def _delete(bot: Services, interaction: discord.Interaction, job_id: str) -> None:
     job = bot.jobs.get(job_id)
     policy.check_owner_or_moderator(
         job, interaction.user.id, moderator=is_moderator(interaction), action="delete"
@@ -344,13 +349,13 @@ async def _delete(bot: ZoetropeBot, interaction: discord.Interaction, job_id: st
         bot.delivery.touch(job_id)
 
 
-async def _cancel(bot: ZoetropeBot, interaction: discord.Interaction, job_id: str) -> None:
+async def _cancel(bot: Services, interaction: discord.Interaction, job_id: str) -> None:
     await bot.jobs.cancel(job_id, user_id=interaction.user.id, moderator=is_moderator(interaction))
     # The progress message updates itself from the Cancelled event.
     await interaction.response.defer()
 
 
-_HANDLERS: dict[str, Callable[[ZoetropeBot, discord.Interaction, str], Awaitable[None]]] = {
+_HANDLERS: dict[str, Callable[[Services, discord.Interaction, str], Awaitable[None]]] = {
     "reroll": _reroll,
     "vary-subtle": _vary("subtle"),
     "vary-strong": _vary("strong"),

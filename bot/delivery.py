@@ -44,7 +44,6 @@ from bot.store import Job, JobStatus
 from generator import encode
 
 if TYPE_CHECKING:
-    from bot.app import ZoetropeBot
     from bot.jobs import JobService
     from bot.runner import ResumeReport
 
@@ -137,7 +136,7 @@ class Delivery:
 
     def __init__(
         self,
-        bot: ZoetropeBot,
+        bot: discord.Client,
         jobs: JobService,
         *,
         clock: Callable[[], float] = time.time,

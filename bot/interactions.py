@@ -7,15 +7,17 @@ ONE translator from an exception to what the member reads (`answer_error()`), us
 slash commands' tree handler, the buttons and the Edit modal alike. The words themselves
 come from bot/errors.py (`member_message()`).
 
-Imports: discord, bot.errors, bot.recipes, bot.store (types). Never bot.app at run time
-(only for type checking), so no module of the edge imports another through it.
+Imports: discord, bot.errors, bot.recipes, bot.store; the core's types for `Services`
+only under TYPE_CHECKING. Never bot.app: the edge is typed against `Services`, so the
+composition root stays out of every other module's imports.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Protocol
 
 import discord
 from discord import app_commands
@@ -25,12 +27,44 @@ from bot.recipes import InteractionRef
 from bot.store import Job
 
 if TYPE_CHECKING:
-    from bot.app import ZoetropeBot
+    import aiohttp
+
+    from bot.config import Settings
+    from bot.intake import ImageLimits
+    from bot.jobs import JobService
+    from bot.render import QueueInfo
 
 log = logging.getLogger("zoetrope.interactions")
 
 
-def services(interaction: discord.Interaction) -> ZoetropeBot:
+class Deliveries(Protocol):
+    """What the edge asks of `bot.delivery.Delivery` (typed here, so that the edge's modules
+    need not import delivery's, which imports the buttons)."""
+
+    def note_interaction(self, interaction: discord.Interaction) -> None: ...
+
+    def touch(self, job_id: str) -> None: ...
+
+    def queue_info(self, job: Job) -> QueueInfo: ...
+
+    async def file_for(self, job: Job, limit: int) -> tuple[discord.File | None, str | None]: ...
+
+    async def share(self, job: Job, *, sharer_id: int, showcase_id: int) -> tuple[Job, bool]: ...
+
+
+class Services(Protocol):
+    """What the edge uses of the bot. `bot.app.ZoetropeBot` provides it; typing the edge
+    against this instead of the app keeps the composition root out of everyone's imports."""
+
+    jobs: JobService
+    delivery: Deliveries
+    settings: Settings
+    session: aiohttp.ClientSession
+    image_limits: ImageLimits
+    clock: Callable[[], float]
+
+
+def services(interaction: discord.Interaction) -> Services:
     """The bot behind an interaction, typed: its jobs, delivery, settings, session."""
     return interaction.client  # type: ignore[return-value]
 
