@@ -34,6 +34,8 @@ class Attempt:
     cancel_sent: bool = False
     alone_since: float | None = None  # queued in SAQ while no worker serves it, since when
     worker: str | None = None
+    owner: str | None = None  # the worker SAQ handed it to (from the job record); see Watcher
+    foreign_noted: bool = False  # an entry from another worker was logged (log it once)
     enqueued_at: float = 0.0
     started: bool = False
 

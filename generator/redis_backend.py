@@ -94,10 +94,12 @@ class RedisBackend:
         max_output_bytes: int = MAX_OUTPUT_BYTES,
         on_change: Callable[[], None] | None = None,
         redis_options: Mapping[str, Any] | None = None,
+        max_worker_slots: int | None = None,
     ) -> None:
         self._url = check_url(url)
         self.keys = Keys(namespace)
-        self.fleet = Fleet(self.keys, served_name(model))
+        # max_worker_slots None: ZOETROPE_MAX_WORKER_SLOTS (default 8), see redis_common
+        self.fleet = Fleet(self.keys, served_name(model), max_slots=max_worker_slots)
         self.timings = timings or RedisTimings.from_env()
         if max_input_bytes < 1 or max_output_bytes < 1:
             raise ValueError("max_input_bytes and max_output_bytes must be positive")

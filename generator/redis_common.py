@@ -57,11 +57,12 @@ import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 from redis import asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
+from redis.exceptions import AuthenticationError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -77,9 +78,25 @@ DATA_TTL_S = 24 * 3600  # inputs, outputs and event streams nobody collected exp
 JOB_TTL_S = 3600  # how long SAQ keeps a finished job's record
 GENERATE = "generate"  # the SAQ function name workers register
 SWEPT = "swept"  # SAQ error text of a job whose worker went silent
+# The sweep's reason for a job a worker took from the queue but never marked active (it
+# stalled or died between BLMOVE and its first update, SAQ issue #277): it never started, so
+# the bot gives it back as "requeue", which costs the job no attempt.
+NEVER_STARTED = "taken from the queue but never started"
 
 # Redis errors that mean "cannot talk to Redis right now" (as opposed to a bad command).
 UNREACHABLE = (RedisConnectionError, RedisTimeoutError, ConnectionError, TimeoutError, OSError)
+
+# The backend's status note while Redis refuses our password (see down_detail).
+AUTH_FAILED = "Redis refused the password (authentication failed)"
+
+
+def down_detail(exc: BaseException) -> str:
+    """Why Redis cannot be used, for status notes: a refused password (WRONGPASS, NOAUTH,
+    which redis-py raises as AuthenticationError, a ConnectionError) is not "waiting"."""
+    if isinstance(exc, AuthenticationError):
+        return AUTH_FAILED
+    return "waiting for Redis"
+
 
 # Job ids become parts of Redis keys: the bot's ids are short tokens, nothing else is taken.
 JOB_ID = re.compile(r"[A-Za-z0-9_-]{1,80}")
@@ -247,14 +264,53 @@ def check_url(url: str) -> str:
     return url
 
 
+# Query parameters that redis-py reads as credentials (`?password=`, and `?username=` beside
+# it), and names that carry secrets in other clients' URLs: all are hidden in logs.
+_SECRET_PARAMS = re.compile(r"(?i)^(password|pass|passwd|pwd|auth|token|secret|username|user)$")
+
+
 def redacted(url: str) -> str:
-    """The URL with any password replaced, for logs."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.rsplit("@", 1)[-1]
-    user = f"{parts.username}:" if parts.username else ":"
-    return parts._replace(netloc=f"{user}***@{netloc}").geturl()
+    """The URL with every password replaced, for logs: the user-info one (`:pw@host`) and any
+    credential query parameter (`?password=`). A URL that does not parse is not echoed."""
+    try:
+        parts = urlsplit(url or "")
+        password = parts.password
+    except ValueError:
+        return "<an unreadable Redis URL>"
+    if password is not None:
+        netloc = parts.netloc.rsplit("@", 1)[-1]
+        user = f"{parts.username}:" if parts.username else ":"
+        parts = parts._replace(netloc=f"{user}***@{netloc}")
+    if parts.query:
+        fields = []
+        for field in parts.query.split("&"):
+            name, sep, _value = field.partition("=")
+            fields.append(f"{name}=***" if sep and _SECRET_PARAMS.match(unquote(name)) else field)
+        parts = parts._replace(query="&".join(fields))
+    if parts.fragment:
+        parts = parts._replace(fragment="***")
+    return parts.geturl()
+
+
+DEFAULT_MAX_WORKER_SLOTS = 8
+MAX_WORKER_SLOTS_ENV = "ZOETROPE_MAX_WORKER_SLOTS"
+
+
+def max_worker_slots_from_env(env: Mapping[str, str] | None = None) -> int:
+    """The most slots the bot believes one worker registration (ZOETROPE_MAX_WORKER_SLOTS,
+    default 8). A registration is written by whoever can write Redis; without a cap one
+    claiming 64 slots would have the bot hand it 64 jobs at once, out of the fair order."""
+    env = os.environ if env is None else env
+    raw = env.get(MAX_WORKER_SLOTS_ENV, "").strip()
+    if not raw:
+        return DEFAULT_MAX_WORKER_SLOTS
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ValueError(f"{MAX_WORKER_SLOTS_ENV} must be a whole number from 1 to 64") from None
+    if not 1 <= value <= 64:
+        raise ValueError(f"{MAX_WORKER_SLOTS_ENV} must be a whole number from 1 to 64")
+    return value
 
 
 async def stop_task(task: asyncio.Task[Any] | None, *, grace: float = 2.0) -> None:
@@ -295,14 +351,28 @@ def encode_entry(event: Event, worker_id: str) -> dict[str, str]:
     return {"e": json.dumps(event_to_dict(event), allow_nan=False), "w": worker_id}
 
 
-def decode_entry(fields: Mapping[bytes, bytes]) -> tuple[Event, str | None]:
-    """An event stream entry read back (by the backend): the event and the worker that sent
-    it. ValueError when the entry is malformed: Redis is not trusted."""
+def entry_worker(fields: Mapping[bytes, bytes]) -> str | None:
+    """The worker an event stream entry says it comes from (None when it names none)."""
+    raw = fields.get(b"w", b"")
+    if not isinstance(raw, bytes):
+        return None
+    return raw.decode("utf-8", "replace")[:100] or None
+
+
+def decode_entry(fields: Mapping[bytes, bytes]) -> Event:
+    """An event stream entry read back (by the backend), validated into a typed event.
+    ValueError naming the problem when the entry is malformed: Redis is not trusted, and no
+    other error escapes (a number too large for a float, JSON nested past the recursion
+    limit, bytes that are not UTF-8)."""
     raw = fields.get(b"e")
     if raw is None:
         raise ValueError("an event entry without an event")
-    worker = fields.get(b"w", b"").decode("utf-8", "replace")[:100] or None
-    return event_from_dict(json.loads(raw)), worker
+    if len(raw) > 1 << 20:
+        raise ValueError(f"an event entry of {len(raw)} bytes, over the 1 MiB limit")
+    try:
+        return event_from_dict(json.loads(raw))
+    except (OverflowError, RecursionError, TypeError) as exc:
+        raise ValueError(f"an unreadable event ({type(exc).__name__})") from None
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -325,23 +395,43 @@ class WorkerInfo:
         return json.dumps(data)
 
     @classmethod
-    def parse(cls, worker_id: str, raw: bytes | str) -> WorkerInfo | None:
+    def parse(cls, worker_id: str, raw: bytes | str) -> WorkerInfo:
+        """Validate a registration read from Redis; ValueError naming the bad field (no
+        other error: a float too large for int(), deep JSON, a list where an object goes)."""
         try:
             data = json.loads(raw)
-            info = cls(
-                worker_id=worker_id,
-                served=check_served(str(data["served"])),
-                slots=int(data["slots"]),
-                busy=int(data.get("busy", 0)),
-                state=str(data.get("state", "")),
-                host=str(data.get("host", ""))[:100],
-                pid=int(data["pid"]) if data.get("pid") is not None else None,
-                model=str(data.get("model", ""))[:200],
-            )
-        except (ValueError, TypeError, KeyError):
-            log.warning("ignoring an unreadable worker registration %s", worker_id)
-            return None
-        if not 1 <= info.slots <= 64:
-            log.warning("ignoring worker %s: slots %r out of range 1-64", worker_id, info.slots)
-            return None
-        return info
+        except (ValueError, RecursionError) as exc:
+            raise ValueError(f"not JSON ({type(exc).__name__})") from None
+        if not isinstance(data, dict):
+            raise ValueError("not a JSON object")
+
+        def whole(name: str, low: int, high: int, default: int | None = None) -> int | None:
+            value = data.get(name, default)
+            if value is None and default is None and name == "pid":
+                return None
+            if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+                raise ValueError(f"{name} must be a whole number from {low} to {high}")
+            return value
+
+        def text(name: str, limit: int) -> str:
+            value = data.get(name, "")
+            if not isinstance(value, str):
+                raise ValueError(f"{name} must be text")
+            return value[:limit]
+
+        served = data.get("served")
+        if not isinstance(served, str):
+            raise ValueError("served must be text")
+        state = text("state", 20)
+        if state not in ("loading", "ready", "stopping"):
+            raise ValueError("state must be loading, ready or stopping")
+        return cls(
+            worker_id=worker_id,
+            served=check_served(served),
+            slots=whole("slots", 1, 64),  # type: ignore[arg-type]
+            busy=whole("busy", 0, 64, 0),  # type: ignore[arg-type]
+            state=state,
+            host=text("host", 100),
+            pid=whole("pid", 1, 2**31 - 1),
+            model=text("model", 200),
+        )

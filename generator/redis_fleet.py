@@ -9,6 +9,7 @@ serves it can take it at once.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections import defaultdict
 from collections.abc import Iterable
@@ -17,7 +18,13 @@ from redis import asyncio as aioredis
 
 from generator.protocol import BackendState
 from generator.redis_attempts import Attempt
-from generator.redis_common import Keys, WorkerInfo, served_name
+from generator.redis_common import (
+    MAX_WORKER_SLOTS_ENV,
+    Keys,
+    WorkerInfo,
+    max_worker_slots_from_env,
+    served_name,
+)
 
 log = logging.getLogger("zoetrope.redis")
 
@@ -25,11 +32,25 @@ log = logging.getLogger("zoetrope.redis")
 class Fleet:
     """Live workers as of the last look, and the routing of presets to served names."""
 
-    def __init__(self, keys: Keys, default_served: str | None) -> None:
+    def __init__(
+        self, keys: Keys, default_served: str | None, *, max_slots: int | None = None
+    ) -> None:
         self.keys = keys
         self.default_served = default_served  # None: any worker ("auto")
+        self.max_slots = max_worker_slots_from_env() if max_slots is None else max_slots
+        if not 1 <= self.max_slots <= 64:
+            raise ValueError(f"max worker slots must be from 1 to 64, got {self.max_slots!r}")
         self.up = False  # Redis answered the last look
         self.workers: dict[str, WorkerInfo] = {}
+        self._warned: dict[str, str] = {}  # worker id -> the last warning logged for it
+
+    def _warn_once(self, worker_id: str, message: str) -> None:
+        """Registrations are read every poll: a bad one is logged once, not every second."""
+        if self._warned.get(worker_id) != message:
+            if len(self._warned) > 1000:
+                self._warned.clear()
+            self._warned[worker_id] = message
+            log.warning("%s", message)
 
     def served(self) -> dict[str, int]:
         """Served name -> slots of live, loaded workers."""
@@ -95,7 +116,21 @@ class Fleet:
         for worker_id, raw in zip(ids, values, strict=True):
             if raw is None:
                 gone.append(worker_id)
-            elif (info := WorkerInfo.parse(worker_id, raw)) is not None:
+            else:
+                try:
+                    info = WorkerInfo.parse(worker_id, raw)
+                except ValueError as exc:
+                    self._warn_once(
+                        worker_id, f"ignoring the worker registration {worker_id}: {exc}"
+                    )
+                    continue
+                if info.slots > self.max_slots:
+                    self._warn_once(
+                        worker_id,
+                        f"worker {worker_id} claims {info.slots} slots; counting "
+                        f"{self.max_slots} ({MAX_WORKER_SLOTS_ENV})",
+                    )
+                    info = dataclasses.replace(info, slots=self.max_slots)
                 live[worker_id] = info
         if gone:
             await redis.srem(self.keys.workers, *gone)

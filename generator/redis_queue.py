@@ -31,6 +31,11 @@ class ZoetropeQueue(RedisQueue):
       SAQ's own retry (the bot is the only scheduler: it retries through its fair queue), does
       not sweep a job that a worker has just taken but not yet marked active (SAQ would), and
       does nothing until Redis has been reachable for a whole heartbeat timeout.
+    - `_update` never brings an ended job back (SAQ issue #277): SAQ's worker marks a job
+      active with a blind SET of the whole record, so a job swept between the worker's BLMOVE
+      and that SET came back to life as active, outside the active list, and ran although the
+      bot had already given up on it. Here the write happens only while the stored record is
+      still there and not ended; `is_current` tells the worker whether its write took.
     """
 
     def __init__(self, redis: aioredis.Redis, name: str, *, timings: RedisTimings) -> None:
@@ -38,6 +43,48 @@ class ZoetropeQueue(RedisQueue):
         self.timings = timings
         self.reachable_since: float | None = None  # monotonic; None while Redis fails
         self._backoff = 0.1
+        self._update_script: Any = None
+
+    async def _update(self, job: Job, status: Status | None = None, **kwargs: Any) -> None:
+        if self._update_script is None:
+            self._update_script = self.redis.register_script(
+                """
+                local current = redis.call('GET', KEYS[1])
+                if not current then return 0 end
+                local ok, record = pcall(cjson.decode, current)
+                if ok and type(record) == 'table' then
+                    local status = record['status']
+                    if status == 'aborted' or status == 'complete' or status == 'failed' then
+                        return 0
+                    end
+                end
+                redis.call('SET', KEYS[1], ARGV[1])
+                return 1
+                """
+            )
+        if not status:  # SAQ's rule: a heartbeat keeps the stored status
+            stored = await self.job(job.key)
+            if stored is None:
+                return
+            status = stored.status
+        job.status = status
+        written = await self._update_script(
+            keys=[job.id], args=[self.serialize(job)], client=self.redis
+        )
+        if written:
+            await self.notify(job)
+        else:
+            log.info("job %s ended meanwhile (swept or lost); not marking it %s", job.key, status)
+
+    async def is_current(self, job: Job, worker_id: str) -> bool:
+        """Whether the stored record still says `job` is active on `worker_id` (not swept,
+        not lost, not taken over): checked before a worker starts and before it publishes."""
+        stored = await self.job(job.key)
+        return (
+            stored is not None
+            and stored.status in (Status.ACTIVE, Status.ABORTING)
+            and stored.worker_id == worker_id
+        )
 
     def note_reachable(self, reachable: bool) -> None:
         if not reachable:

@@ -32,7 +32,18 @@ from generator.redis_attempts import (
     read_capped,
     write_atomic,
 )
-from generator.redis_common import DATA_TTL_S, UNREACHABLE, Keys, RedisTimings, decode_entry
+from generator.redis_common import (
+    AUTH_FAILED,
+    DATA_TTL_S,
+    NEVER_STARTED,
+    SWEPT,
+    UNREACHABLE,
+    Keys,
+    RedisTimings,
+    decode_entry,
+    down_detail,
+    entry_worker,
+)
 from generator.redis_fleet import Fleet
 from generator.redis_queue import ZoetropeQueue
 
@@ -81,12 +92,40 @@ class Watcher:
         self._orphans_done = False
 
     async def _on_entry(self, attempt: Attempt, fields: dict[bytes, bytes]) -> None:
-        try:
-            event, worker = decode_entry(fields)
-        except (TypeError, ValueError) as exc:
-            log.warning("job %s: ignoring an unreadable event (%s)", attempt.request.job_id, exc)
+        """One entry of an attempt's stream. Redis is not trusted: an entry counts only when it
+        comes from the worker SAQ handed the attempt to, and a malformed one from that worker
+        ends this job alone, with the reason (the caller advances the read position either
+        way, so a bad entry is read once and never wedges the other jobs)."""
+        sender = entry_worker(fields)
+        owner = await self._owner(attempt)
+        if owner is None or sender != owner:
+            if not attempt.foreign_noted:
+                attempt.foreign_noted = True
+                log.warning(
+                    "job %s: ignoring an event from worker %r; the attempt was handed to %r",
+                    attempt.request.job_id,
+                    sender,
+                    owner,
+                )
             return
-        attempt.worker = worker or attempt.worker
+        attempt.worker = owner
+        try:
+            event = decode_entry(fields)
+        except ValueError as exc:
+            reason = str(exc)[:300]
+            log.warning(
+                "job %s: unreadable event from worker %s (%s); failing the job",
+                attempt.request.job_id,
+                owner,
+                reason,
+            )
+            with contextlib.suppress(*UNREACHABLE, RedisError):
+                await self._mark_stale(attempt)
+            self.host.finish(
+                attempt,
+                Failed("error", f"The worker sent an event that could not be read: {reason}"),
+            )
+            return
         if isinstance(event, Progress):
             attempt.started = True
             attempt.events.put_nowait(event)
@@ -94,6 +133,19 @@ class Watcher:
             self.host.finish(attempt, Failed(event.kind, event.message[:2000]))
         else:
             self.host.finish(attempt, await self._collect_output(attempt, event))
+
+    async def _owner(self, attempt: Attempt) -> str | None:
+        """The worker SAQ handed the attempt to: the `worker_id` its worker wrote into the job
+        record when it marked it active (None while no worker has)."""
+        if attempt.owner is None and attempt.served is not None:
+            try:
+                job = await self.host.queue(attempt.served).job(attempt.key)
+            except (ValueError, TypeError, KeyError):
+                job = None
+            worker_id = getattr(job, "worker_id", None)
+            if isinstance(worker_id, str) and 0 < len(worker_id) <= 100:
+                attempt.owner = worker_id
+        return attempt.owner
 
     async def _collect_output(self, attempt: Attempt, done: Done) -> Done | Failed:
         """Fetch the MP4 the worker left in Redis and write it where the request wants it."""
@@ -162,15 +214,24 @@ class Watcher:
                 await asyncio.sleep(1.0)
 
     def note_down(self, exc: BaseException) -> None:
-        """Redis did not answer: no slots until it does; the pump keeps trying."""
-        if self.host.fleet.up or self.host.detail != "waiting for Redis":
-            log.warning("Redis unreachable (%s): no new jobs until it answers", exc)
+        """Redis did not answer: no slots until it does; the pump keeps trying. A refused
+        password is said as such (redis-py raises it as a ConnectionError)."""
+        detail = down_detail(exc)
+        if self.host.fleet.up or self.host.detail != detail:
+            if detail == AUTH_FAILED:
+                log.error(
+                    "Redis authentication failed (%s): check the password in ZOETROPE_REDIS_URL;"
+                    " no new jobs until Redis accepts it",
+                    exc,
+                )
+            else:
+                log.warning("Redis unreachable (%s): no new jobs until it answers", exc)
         self.host.fleet.down()
         for queue in self.host.queues():
             queue.note_reachable(False)
         self._next_poll = 0.0
         if not self.host.closing:
-            self.host.set_state(BackendState.STARTING, "waiting for Redis")
+            self.host.set_state(BackendState.STARTING, detail)
         self.host.changed()
 
     async def _refresh_workers(self) -> None:
@@ -205,7 +266,25 @@ class Watcher:
             if job is None or job.status in TERMINAL_STATUSES:
                 await self._drain(attempt)  # the final event may have come with the ending
                 if not attempt.finished:
-                    self.host.finish(attempt, Failed("crash", crash_reason(job)))
+                    await self._mark_stale(attempt)
+                    if job is not None and (job.error or "").startswith(
+                        f"{SWEPT}: {NEVER_STARTED}"
+                    ):
+                        # SAQ #277: swept between dequeue and active. It never ran: give it
+                        # back at the head of its queue without counting an attempt.
+                        log.warning(
+                            "job %s: swept before its worker started it; queueing it again",
+                            attempt.request.job_id,
+                        )
+                        self.host.finish(
+                            attempt,
+                            Failed(
+                                "requeue",
+                                "The worker that took this job stalled before it started.",
+                            ),
+                        )
+                    else:
+                        self.host.finish(attempt, Failed("crash", crash_reason(job)))
             elif job.status in (Status.QUEUED, Status.NEW) and not served.get(attempt.served or ""):
                 await self._maybe_pull_back(attempt, queue)
             else:
@@ -307,6 +386,13 @@ class Watcher:
                 await queue.finish_pulled(attempt.key, "cancelled")
                 await self.host.client.delete(self.host.keys.input(attempt.key))
                 self.host.finish(attempt, Failed("cancelled", "Cancelled before it started."))
+
+    async def _mark_stale(self, attempt: Attempt) -> None:
+        """Set the cancel key of an attempt the bot gives up on, so a worker still holding it
+        (presumed dead, or stalled before it started) stops and publishes nothing."""
+        assert self.host.client is not None
+        await self.host.client.set(self.host.keys.cancel(attempt.key), b"1", ex=DATA_TTL_S)
+        await self.host.client.publish(self.host.keys.cancel_channel, attempt.key)
 
     async def _sweep(self) -> None:
         names = {w.served for w in self.host.fleet.workers.values()}

@@ -42,6 +42,7 @@ from saq.job import TERMINAL_STATUSES, Job
 
 from generator.protocol import Done, Failed, GenerationRequest
 from generator.redis_common import (
+    AUTH_FAILED,
     DEFAULT_NAMESPACE,
     GENERATE,
     MAX_INPUT_BYTES,
@@ -53,6 +54,7 @@ from generator.redis_common import (
     check_served,
     check_url,
     connect,
+    down_detail,
     redacted,
     served_name,
     stop_task,
@@ -293,7 +295,14 @@ class RedisWorker:
                 self._warned_down = False
             except UNREACHABLE as exc:
                 if not self._warned_down:
-                    log.warning("Redis unreachable (%s); retrying", exc)
+                    if down_detail(exc) == AUTH_FAILED:
+                        log.error(
+                            "Redis authentication failed (%s): check the password in "
+                            "ZOETROPE_REDIS_URL; retrying",
+                            exc,
+                        )
+                    else:
+                        log.warning("Redis unreachable (%s); retrying", exc)
                 self._warned_down = True
             await asyncio.sleep(self.timings.heartbeat_every)
 
@@ -371,8 +380,14 @@ class RedisWorker:
                 run.cancel("shutdown")
             elif await self.redis.exists(self.keys.cancel(key)):
                 run.cancel("member")
+            elif not await job.get_queue().is_current(job, self.worker_id):
+                # Swept between our dequeue and our "active" write (SAQ #277): the bot has
+                # queued it again; running it too would make the clip twice.
+                run.cancel("lost")
             if run.reason == "shutdown":
                 outcome = Failed("requeue", "The worker was stopped before this job started.")
+            elif run.reason == "lost":
+                outcome = Failed("crash", "The worker lost this job.")
             elif run.flag.is_set():
                 outcome = Failed("cancelled", "Cancelled before it started.")
             else:
@@ -388,6 +403,12 @@ class RedisWorker:
             outcome = Failed("crash", f"The worker failed: {type(exc).__name__}: {exc}")
         finally:
             self._runs.pop(key, None)
+        if (
+            run.reason != "lost"
+            and isinstance(outcome, Done)
+            and not await self._still_current(job)
+        ):
+            run.cancel("lost")  # the bot gave up on this attempt meanwhile: publish nothing
         if run.reason == "lost":
             log.info("attempt %s: dropped (swept or lost in Redis)", key)
             await events.final(Failed("crash", "The worker lost this job."))
@@ -402,6 +423,16 @@ class RedisWorker:
             kind if isinstance(outcome, Done) else f"{kind}: {outcome.message}",
         )
         return {"outcome": kind}
+
+    async def _still_current(self, job: Job) -> bool:
+        """Before publishing a clip: the attempt is still ours (not swept, not given up on by
+        the bot). While Redis cannot be asked, publish: the bot checks the sender again."""
+        try:
+            if await self.redis.exists(self.keys.cancel(job.key)):
+                return False
+            return await job.get_queue().is_current(job, self.worker_id)
+        except UNREACHABLE:
+            return True
 
     async def _run(
         self, job: Job, run: _Run, data: Any, events: AttemptEvents

@@ -26,7 +26,7 @@ from generator.protocol import (
     event_to_dict,
 )
 from generator.redis_backend import RedisBackend
-from generator.redis_common import decode_entry, encode_entry
+from generator.redis_common import decode_entry, encode_entry, entry_worker
 from tests.jobs_backend import FakeBackend, FleetFakeBackend
 
 
@@ -67,10 +67,8 @@ def test_clip_facts_survive_a_json_round_trip() -> None:
     done = Done("/clips/a.mp4", original)
     wire = json.loads(local_pipe.encode_line(local_pipe.job_event("a", done)))
     assert wire["job_id"] == "a" and event_from_dict(wire["event"]) == done
-    event, worker = decode_entry(
-        {k.encode(): v.encode() for k, v in encode_entry(done, "gpu-1").items()}
-    )
-    assert (event, worker) == (done, "gpu-1")
+    fields = {k.encode(): v.encode() for k, v in encode_entry(done, "gpu-1").items()}
+    assert (decode_entry(fields), entry_worker(fields)) == (done, "gpu-1")
 
 
 def test_clip_facts_fill_defaults_for_what_a_producer_does_not_know() -> None:
@@ -136,6 +134,15 @@ def test_malformed_events_from_redis_raise_value_error_at_the_boundary() -> None
         decode_entry({b"e": b"{not json", b"w": b"gpu"})
     with pytest.raises(ValueError):
         decode_entry({b"w": b"gpu"})
+    # Nothing but ValueError escapes, whatever the bytes: the watcher catches only that.
+    for raw in (
+        b'{"type": "progress", "step": 1e999, "total": 1, "stage": "denoise"}',
+        b"[" * 100_000 + b"]" * 100_000,
+        b"\xff\xfe",
+        b'"just text"',
+    ):
+        with pytest.raises(ValueError):
+            decode_entry({b"e": raw, b"w": b"gpu"})
 
 
 def test_progress_and_failed_round_trip() -> None:
