@@ -2,7 +2,7 @@
 
     python main.py bot                      run the Discord bot (the main job)
     python main.py animate IMAGE "PROMPT"   make one clip locally, with a progress bar
-    python main.py worker --redis URL       serve jobs from Redis on this GPU machine
+    python main.py worker                   serve jobs from Redis ($ZOETROPE_REDIS_URL) on this GPU
     python main.py models list|pull NAME    list presets / pre-download their weights
     python main.py verify CLIP.mp4          what a clip says about itself (AI-generated, C2PA)
 
@@ -19,6 +19,7 @@ import random
 import sys
 import time
 from pathlib import Path
+from urllib.parse import urlsplit
 
 EXIT_BAD_INPUT = 2
 
@@ -229,12 +230,22 @@ def _bot(_: argparse.Namespace) -> int:
 
 
 def _worker(args: argparse.Namespace) -> int:
+    from generator.redis_common import check_url
     from generator.redis_worker import run_redis_worker
 
     if args.slots < 1:
         raise CliError(f"--slots {args.slots}: must be at least 1")
-    if not args.redis.startswith(("redis://", "rediss://", "unix://")):
-        raise CliError(f"--redis {args.redis}: expected redis://[:password@]host:port/db")
+    # The environment is the place for a URL with a password: argv is visible to every user
+    # of the machine (`ps`). A bad value is never echoed, as it may carry the password.
+    url = (args.redis or os.environ.get("ZOETROPE_REDIS_URL", "")).strip()
+    source = "--redis" if args.redis else "ZOETROPE_REDIS_URL"
+    if not url:
+        raise CliError("no Redis URL: set ZOETROPE_REDIS_URL (or pass --redis)")
+    try:
+        check_url(url)
+        urlsplit(url).port  # noqa: B018 - a bad port raises here, without the URL in the text
+    except ValueError:
+        raise CliError(f"{source}: expected redis://[:password@]host:port/db") from None
     model = _model_argument(args)
     if args.model is None and model != "auto":
         from generator.presets import get_preset
@@ -247,7 +258,7 @@ def _worker(args: argparse.Namespace) -> int:
     # Weights come from `models pull` only: the worker loads the cached folders and never
     # reaches the hub (a download inside a job would hit the start timeout).
     os.environ["HF_HUB_OFFLINE"] = "1"
-    return run_redis_worker(args.redis, model=model, slots=args.slots, device=args.device)
+    return run_redis_worker(url, model=model, slots=args.slots, device=args.device)
 
 
 # -- verify ------------------------------------------------------------------------------------
@@ -291,7 +302,11 @@ def build_parser() -> argparse.ArgumentParser:
     animate.set_defaults(func=lambda a: asyncio.run(_animate(a)))
 
     worker = sub.add_parser("worker", help="serve jobs from Redis on this GPU machine")
-    worker.add_argument("--redis", required=True, help="redis://[:password@]host:port/db")
+    worker.add_argument(
+        "--redis",
+        help="redis://host:port/db (default: $ZOETROPE_REDIS_URL; put a password there, "
+        "not here: arguments are visible in ps)",
+    )
     _add_model_arguments(worker)
     worker.add_argument("--slots", type=int, default=1, help="model copies on this GPU")
     worker.add_argument("--device", help="torch device, e.g. cuda:1 (default: cuda if present)")

@@ -14,6 +14,7 @@ This module imports neither discord nor torch: it is safe to import anywhere.
 from __future__ import annotations
 
 import ipaddress
+import math
 import os
 import re
 from collections.abc import Mapping
@@ -77,9 +78,10 @@ def _int(env: Mapping[str, str], name: str, default: int, *, minimum: int = 0) -
     try:
         value = int(raw)
     except ValueError:
-        raise ConfigError(name, f"expected a whole number, got {raw!r}") from None
+        # Never echo the value: a token pasted into the wrong variable would be printed.
+        raise ConfigError(name, "expected a whole number such as 5") from None
     if value < minimum:
-        raise ConfigError(name, f"must be at least {minimum}, got {value}")
+        raise ConfigError(name, f"must be at least {minimum}")
     return value
 
 
@@ -90,9 +92,9 @@ def _mib(env: Mapping[str, str], name: str, default_bytes: int) -> int:
     try:
         value = float(raw)
     except ValueError:
-        raise ConfigError(name, f"expected a size in MiB such as 8 or 0.5, got {raw!r}") from None
-    if not value > 0:
-        raise ConfigError(name, f"must be more than 0 MiB, got {raw}")
+        raise ConfigError(name, "expected a size in MiB such as 8 or 0.5") from None
+    if not value > 0 or not math.isfinite(value):
+        raise ConfigError(name, "must be a finite size of more than 0 MiB")
     return int(value * MIB)
 
 
@@ -118,9 +120,9 @@ def _url(env: Mapping[str, str], name: str, default: str, schemes: tuple[str, ..
         return default
     parts = urlsplit(raw)
     if parts.scheme not in schemes or not parts.hostname:
-        raise ConfigError(name, f"expected a {' or '.join(schemes)} URL, got {raw!r}")
-    if parts.query or parts.fragment:
-        raise ConfigError(name, f"must not carry a query or fragment, got {raw!r}")
+        raise ConfigError(name, f"expected a {' or '.join(schemes)} URL")
+    if parts.query or parts.fragment or parts.password is not None:
+        raise ConfigError(name, "must not carry a query, a fragment or a password")
     return raw
 
 
@@ -129,18 +131,18 @@ def _cdn_hosts(env: Mapping[str, str]) -> tuple[str, ...]:
     if not raw:
         return DEFAULT_CDN_HOSTS
     hosts: list[str] = []
-    for entry in (part.strip().lower() for part in raw.split(",")):
+    for number, entry in enumerate((part.strip().lower() for part in raw.split(",")), 1):
         if not entry:
             continue
         host, _, port = entry.rpartition(":") if entry.count(":") == 1 else (entry, "", "")
         if not _HOST_RE.match(host) and not _is_ip(host):
             raise ConfigError(
                 "DISCORD_CDN_HOSTS",
-                f"{entry!r} is not a host name (write hosts only, comma-separated, "
+                f"entry {number} is not a host name (write hosts only, comma-separated, "
                 "e.g. cdn.discordapp.com,media.discordapp.net)",
             )
         if port and not (port.isdigit() and 0 < int(port) < 65536):
-            raise ConfigError("DISCORD_CDN_HOSTS", f"{entry!r} has a bad port")
+            raise ConfigError("DISCORD_CDN_HOSTS", f"entry {number} has a bad port")
         hosts.append(entry)
     if not hosts:
         raise ConfigError("DISCORD_CDN_HOSTS", "is set but names no host")
@@ -160,9 +162,7 @@ def _snowflake(env: Mapping[str, str], name: str) -> int | None:
     if not raw:
         return None
     if not raw.isdigit() or not 0 < int(raw) < 2**64:
-        raise ConfigError(
-            name, f"expected a server (guild) id such as 123456789012345678, got {raw!r}"
-        )
+        raise ConfigError(name, "expected a server (guild) id such as 123456789012345678")
     return int(raw)
 
 
@@ -180,7 +180,8 @@ def _model(env: Mapping[str, str]) -> str:
         return raw
     raise ConfigError(
         "ZOETROPE_MODEL",
-        f"{raw!r} is neither a preset ({', '.join(['auto', *PRESETS])}) nor a diffusers folder",
+        # the value is not echoed: it is no preset and no folder here, so it may be anything
+        f"is neither a preset ({', '.join(['auto', *PRESETS])}) nor a diffusers folder",
     )
 
 
@@ -188,9 +189,15 @@ def _redis(env: Mapping[str, str]) -> str | None:
     raw = env.get("ZOETROPE_REDIS_URL", "").strip()
     if not raw:
         return None
-    parts = urlsplit(raw)
+    # Do not echo the value: Redis URLs often carry a password.
+    try:
+        parts = urlsplit(raw)
+        _ = parts.port  # a bad port raises here, not later in redis-py with the URL in the text
+    except ValueError:
+        raise ConfigError(
+            "ZOETROPE_REDIS_URL", "expected redis://[:password@]host:port/db"
+        ) from None
     if parts.scheme not in ("redis", "rediss", "unix") or not (parts.hostname or parts.path):
-        # Do not echo the value: Redis URLs often carry a password.
         raise ConfigError("ZOETROPE_REDIS_URL", "expected redis://[:password@]host:port/db")
     return raw
 
@@ -198,9 +205,7 @@ def _redis(env: Mapping[str, str]) -> str | None:
 def _log_level(env: Mapping[str, str]) -> str:
     raw = env.get("ZOETROPE_LOG_LEVEL", "").strip().upper() or "INFO"
     if raw not in ("DEBUG", "INFO", "WARNING", "ERROR"):
-        raise ConfigError(
-            "ZOETROPE_LOG_LEVEL", f"expected DEBUG, INFO, WARNING or ERROR, got {raw!r}"
-        )
+        raise ConfigError("ZOETROPE_LOG_LEVEL", "expected DEBUG, INFO, WARNING or ERROR")
     return raw
 
 
