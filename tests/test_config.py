@@ -212,3 +212,34 @@ def test_upload_limit_is_the_encoders_byte_budget(tmp_path: Path) -> None:
             )
             assert service.runner.build_request(job).byte_budget == expected
             assert settings.limits.upload_limit_bytes == expected
+
+
+SECRET_VARIABLES = [
+    "ZOETROPE_MAX_PENDING_PER_USER",
+    "ZOETROPE_MAX_PENDING_PER_GUILD",
+    "ZOETROPE_DAILY_LIMIT",
+    "ZOETROPE_MAX_QUEUE",
+    "ZOETROPE_RETENTION_DAYS",
+    "ZOETROPE_MAX_DOWNLOAD_MB",
+    "ZOETROPE_UPLOAD_LIMIT_MB",
+    "ZOETROPE_DEV_GUILD",
+    "ZOETROPE_LOG_LEVEL",
+    "ZOETROPE_MODEL",
+    "DISCORD_CDN_HOSTS",
+    "DISCORD_API_BASE",
+    "DISCORD_GATEWAY_URL",
+    "ZOETROPE_REDIS_URL",
+]
+
+
+@pytest.mark.parametrize("name", SECRET_VARIABLES)
+def test_a_token_pasted_into_the_wrong_variable_is_never_echoed(name: str) -> None:
+    """The bot token (or a password) put into any other variable is refused naming the variable, without the value."""
+    for value in (TOKEN, f"https://x:{TOKEN}@h:1/?q={TOKEN}", f"redis://h:port/0?password={TOKEN}"):
+        try:
+            load_settings({"DISCORD_TOKEN": "a-real-token", name: value}, env_file=None)
+        except ConfigError as exc:
+            assert str(exc).startswith(name + ":")
+            assert "secret-part" not in str(exc), str(exc)
+        else:
+            pytest.fail(f"{name} accepted a value that is no valid setting")
