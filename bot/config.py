@@ -56,6 +56,7 @@ class Settings:
     cdn_hosts: tuple[str, ...] = DEFAULT_CDN_HOSTS
     # When set, app.build_backend() uses GPU workers through Redis instead of a local worker.
     redis_url: str | None = field(default=None, repr=False)  # may carry a password
+    max_worker_slots: int = 8  # most slots one Redis worker registration counts for
     limits: Limits = field(default_factory=Limits)
     log_level: str = "INFO"
 
@@ -202,6 +203,15 @@ def _redis(env: Mapping[str, str]) -> str | None:
     return raw
 
 
+def _worker_slots(env: Mapping[str, str]) -> int:
+    # A registration is written by anyone who can write Redis: the cap keeps one that claims
+    # 64 slots from being handed 64 jobs out of the fair order (see generator/redis_common).
+    value = _int(env, "ZOETROPE_MAX_WORKER_SLOTS", 8, minimum=1)
+    if value > 64:
+        raise ConfigError("ZOETROPE_MAX_WORKER_SLOTS", "must be at most 64")
+    return value
+
+
 def _log_level(env: Mapping[str, str]) -> str:
     raw = env.get("ZOETROPE_LOG_LEVEL", "").strip().upper() or "INFO"
     if raw not in ("DEBUG", "INFO", "WARNING", "ERROR"):
@@ -255,6 +265,7 @@ def load_settings(
         gateway_url=_url(env, "DISCORD_GATEWAY_URL", DEFAULT_GATEWAY_URL, ("wss", "ws")),
         cdn_hosts=_cdn_hosts(env),
         redis_url=_redis(env),
+        max_worker_slots=_worker_slots(env),
         limits=_limits(env),
         log_level=_log_level(env),
     )
@@ -270,6 +281,7 @@ ENVIRONMENT = (
     ("DISCORD_GATEWAY_URL", DEFAULT_GATEWAY_URL, "gateway websocket URL"),
     ("DISCORD_CDN_HOSTS", ",".join(DEFAULT_CDN_HOSTS), "hosts attachments may come from"),
     ("ZOETROPE_REDIS_URL", "", "use GPU workers through Redis (scale-out)"),
+    ("ZOETROPE_MAX_WORKER_SLOTS", "8", "most slots one Redis worker counts for"),
     ("ZOETROPE_MAX_PENDING_PER_USER", "2", "queued + running clips per member"),
     ("ZOETROPE_MAX_PENDING_PER_GUILD", "25", "queued + running clips per server"),
     ("ZOETROPE_DAILY_LIMIT", "0", "clips per member per day (0 = off)"),

@@ -91,6 +91,8 @@ def test_dotenv_is_read_and_environment_wins(tmp_path: Path) -> None:
         ("ZOETROPE_REDIS_URL", "http://user:pw@host", "ZOETROPE_REDIS_URL"),
         ("ZOETROPE_MODEL", "Not A Preset!", "ZOETROPE_MODEL"),
         ("ZOETROPE_LOG_LEVEL", "LOUD", "ZOETROPE_LOG_LEVEL"),
+        ("ZOETROPE_MAX_WORKER_SLOTS", "65", "ZOETROPE_MAX_WORKER_SLOTS"),
+        ("ZOETROPE_MAX_WORKER_SLOTS", "0", "ZOETROPE_MAX_WORKER_SLOTS"),
     ],
 )
 def test_bad_values_name_the_variable(name: str, value: str, needle: str) -> None:
@@ -229,6 +231,7 @@ SECRET_VARIABLES = [
     "DISCORD_API_BASE",
     "DISCORD_GATEWAY_URL",
     "ZOETROPE_REDIS_URL",
+    "ZOETROPE_MAX_WORKER_SLOTS",
 ]
 
 
@@ -243,3 +246,10 @@ def test_a_token_pasted_into_the_wrong_variable_is_never_echoed(name: str) -> No
             assert "secret-part" not in str(exc), str(exc)
         else:
             pytest.fail(f"{name} accepted a value that is no valid setting")
+
+
+def test_max_worker_slots_default_and_setting() -> None:
+    """ZOETROPE_MAX_WORKER_SLOTS defaults to 8 and is read from the environment or .env."""
+    assert load_settings({"DISCORD_TOKEN": TOKEN}, env_file=None).max_worker_slots == 8
+    env = {"DISCORD_TOKEN": TOKEN, "ZOETROPE_MAX_WORKER_SLOTS": "3"}
+    assert load_settings(env, env_file=None).max_worker_slots == 3
