@@ -445,3 +445,42 @@ def test_worker_never_echoes_a_malformed_url_and_reads_it_from_the_environment()
         timeout=60,
     )
     assert done.returncode == 2 and "ZOETROPE_REDIS_URL" in done.stderr, done
+
+
+@pytest.mark.timeout(120)
+def test_worker_with_a_wrong_password_logs_an_authentication_failure(
+    tmp_path: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """A real worker given a wrong ?password= through ZOETROPE_REDIS_URL logs an authentication failure, and its log never shows the password."""
+    from tests.tiny_models import build_tiny_model
+
+    model = build_tiny_model("wan21", tmp_path / "tiny")
+    with RedisServer(tmp_path / "auth", password="right-pass-1") as server:
+        log_path = tmp_path / "worker.log"
+        with open(log_path, "wb") as log:
+            proc = subprocess.Popen(
+                [sys.executable, str(ROOT / "main.py"), "worker", "--model", str(model)],
+                cwd=ROOT,
+                env={
+                    **os.environ,
+                    **TIMINGS.to_env(),
+                    "PYTHONPATH": str(ROOT),
+                    "PYTHONUNBUFFERED": "1",
+                    "OMP_NUM_THREADS": "1",
+                    "ZOETROPE_REDIS_URL": f"{server.url}?password=wrong-pass-2",
+                },
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        try:
+            deadline = time.monotonic() + 90
+            while "authentication failed" not in log_path.read_text(errors="replace"):
+                assert proc.poll() is None, log_path.read_text(errors="replace")
+                assert time.monotonic() < deadline, log_path.read_text(errors="replace")
+                time.sleep(0.2)
+        finally:
+            proc.terminate()
+            proc.wait(30)
+    text = log_path.read_text(errors="replace")
+    assert "wrong-pass-2" not in text and "password=***" in text, text
