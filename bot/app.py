@@ -29,7 +29,7 @@ import yarl
 from discord import app_commands
 
 from bot import commands as command_defs
-from bot import intake
+from bot import intake, log_redaction
 from bot.buttons import EDIT_MODAL_RE, JobButton, handle_edit_submit
 from bot.config import ConfigError, Settings, load_settings
 from bot.delivery import Delivery, RetryPolicy
@@ -59,7 +59,9 @@ def build_backend(settings: Settings) -> Backend:
             raise ConfigError(
                 "ZOETROPE_REDIS_URL", f"the Redis backend cannot be loaded ({exc})"
             ) from None
-        return RedisBackend(settings.redis_url, model=settings.model)
+        return RedisBackend(
+            settings.redis_url, model=settings.model, max_worker_slots=settings.max_worker_slots
+        )
     from generator.backends import LocalBackend
 
     return LocalBackend(settings.model)
@@ -255,12 +257,16 @@ class ZoetropeBot(discord.Client):
 # -- the `bot` subcommand ---------------------------------------------------------------------
 
 
-def _setup_logging(level: str) -> None:
+def _setup_logging(settings: Settings) -> None:
+    level = settings.log_level
     logging.basicConfig(
         level=getattr(logging, level),
         format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    # On the handlers, so every logger's records pass it (discord.py's DEBUG lines carry each
+    # interaction's 15-minute token; a Redis URL may carry its password).
+    log_redaction.install(settings.discord_token, settings.redis_url)
     # discord.py's INFO lines (gateway chatter) only when debugging; and a bot without voice
     # does not need to hear that PyNaCl is missing on every start.
     logging.getLogger("discord").setLevel(logging.DEBUG if level == "DEBUG" else logging.WARNING)
@@ -295,7 +301,7 @@ def run_bot() -> int:
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    _setup_logging(settings.log_level)
+    _setup_logging(settings)
     try:
         bot = ZoetropeBot(settings)
         asyncio.run(_run(bot))

@@ -103,3 +103,34 @@ def test_redact_keeps_ordinary_text() -> None:
         None,
     )
     assert SecretFilter().filter(record) and INTERACTION_TOKEN not in record.getMessage()
+
+
+def test_the_bots_own_logging_setup_masks_tokens_at_debug() -> None:
+    """bot/app.py's logging setup at ZOETROPE_LOG_LEVEL=DEBUG installs the filter: discord.py's DEBUG lines reach stderr without the tokens."""
+    import subprocess
+    import sys
+    import textwrap
+
+    code = textwrap.dedent(
+        f"""
+        import logging
+        from bot.app import _setup_logging
+        from bot.config import load_settings
+        settings = load_settings(
+            {{"DISCORD_TOKEN": {BOT_TOKEN!r}, "ZOETROPE_LOG_LEVEL": "DEBUG",
+              "ZOETROPE_REDIS_URL": "redis://:{REDIS_PASSWORD}@gpu-host:6379/0"}},
+            env_file=None,
+        )
+        _setup_logging(settings)
+        logging.getLogger("discord.http").debug(
+            "POST https://discord.com/api/v10/interactions/1/{INTERACTION_TOKEN}/callback "
+            "with Authorization: Bot {BOT_TOKEN} via redis://:{REDIS_PASSWORD}@gpu-host:6379/0"
+        )
+        """
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert "interactions/1/" in result.stderr  # the line itself was logged
+    for secret in (BOT_TOKEN, INTERACTION_TOKEN, REDIS_PASSWORD):
+        assert secret not in result.stderr
