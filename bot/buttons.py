@@ -241,7 +241,7 @@ class EditModal(discord.ui.Modal):
 
 
 async def _open_edit(bot: Services, interaction: discord.Interaction, job_id: str) -> None:
-    job = policy.check_editable(bot.jobs.get(job_id))
+    job = policy.check_editable(bot.jobs.lookup(job_id, **_asker(interaction)))
     modal = EditModal(job, max_length=min(bot.jobs.limits.max_prompt_len, 4000))
     # Not kept in discord.py's modal store (which a restart empties): the submit is routed by
     # its custom_id in on_interaction -> handle_edit_submit.
@@ -284,13 +284,18 @@ async def handle_edit_submit(interaction: discord.Interaction, job_id: str) -> N
 # -- buttons that act on this clip ---------------------------------------------------------------
 
 
+def _asker(interaction: discord.Interaction) -> dict[str, Any]:
+    """Who asks about a job id and from which server (a custom_id can be forged)."""
+    return {"guild_id": interaction.guild_id, "user_id": interaction.user.id}
+
+
 async def _info(bot: Services, interaction: discord.Interaction, job_id: str) -> None:
-    job = bot.jobs.get(job_id)
+    job = bot.jobs.lookup(job_id, **_asker(interaction))
     await interaction.response.send_message(embed=render.info_embed(job), ephemeral=True)
 
 
 async def _share(bot: Services, interaction: discord.Interaction, job_id: str) -> None:
-    job = bot.jobs.get(job_id)
+    job = bot.jobs.lookup(job_id, **_asker(interaction))
     policy.check_shareable(
         job,
         guild_id=interaction.guild_id,
@@ -322,7 +327,7 @@ def _already_shared(job: Job) -> str:
 
 
 async def _delete(bot: Services, interaction: discord.Interaction, job_id: str) -> None:
-    job = bot.jobs.get(job_id)
+    job = bot.jobs.lookup(job_id, **_asker(interaction))
     policy.check_owner_or_moderator(
         job, interaction.user.id, moderator=is_moderator(interaction), action="delete"
     )
@@ -350,7 +355,12 @@ async def _delete(bot: Services, interaction: discord.Interaction, job_id: str) 
 
 
 async def _cancel(bot: Services, interaction: discord.Interaction, job_id: str) -> None:
-    await bot.jobs.cancel(job_id, user_id=interaction.user.id, moderator=is_moderator(interaction))
+    await bot.jobs.cancel(
+        job_id,
+        user_id=interaction.user.id,
+        guild_id=interaction.guild_id,
+        moderator=is_moderator(interaction),
+    )
     # The progress message updates itself from the Cancelled event.
     await interaction.response.defer()
 

@@ -6,7 +6,7 @@ job themselves are bot/admission.py's; the row is written and queued by the `adm
 callable it is handed (JobService's, so a child enters the queue exactly as /animate does).
 JobService exposes these methods as its own.
 
-Imports: bot.admission, bot.recipes, bot.store, bot.runner (DataDirs). No discord.
+Imports: bot.admission, bot.policy, bot.recipes, bot.store, bot.runner (DataDirs). No discord.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 from bot import admission as adm
-from bot import recipes
+from bot import policy, recipes
 from bot.admission import Admission, Ticket
 from bot.errors import InvalidState
 from bot.limits import Limits
@@ -45,6 +45,14 @@ class Children:
         self.dirs = dirs
         self.limits = limits
         self.clock = clock
+
+    def _parent(self, parent_id: str, user_id: int, guild_id: Any) -> Job:
+        """The parent a member named (a button's custom_id may be forged): from a server
+        (`guild_id` given), another server's clip is "no such job" (bot/policy.py)."""
+        parent = self.store.require_job(parent_id)
+        if guild_id is not _SAME:
+            policy.check_in_scope(parent, guild_id=guild_id, user_id=user_id)
+        return parent
 
     async def reroll(
         self,
@@ -116,7 +124,7 @@ class Children:
     ) -> Job:
         """Ping-pong re-encode of the clip (forwards then backwards). No GPU: it does not
         wait in the generation queue and does not count against the daily quota."""
-        parent = adm.finished(self.store.require_job(parent_id))
+        parent = adm.finished(self._parent(parent_id, user_id, guild_id))
         if parent.kind == "loop":
             raise InvalidState("That clip already loops.")
         source = adm.kept_output(parent)
@@ -142,7 +150,7 @@ class Children:
     ) -> Job:
         """Admit a child of `parent` (checked once) and queue it."""
         if isinstance(parent, str):
-            parent = adm.finished(self.store.require_job(parent))
+            parent = adm.finished(self._parent(parent, user_id, guild_id))
         guild, channel = _place_of(parent, guild_id, channel_id)
         ticket = self.admission.hold(
             guild_id=guild,
@@ -184,7 +192,7 @@ class Children:
     def _hold_extend(
         self, parent_id: str, user_id: int, guild_id: Any, channel_id: Any
     ) -> tuple[Job, Ticket]:
-        parent = adm.finished(self.store.require_job(parent_id))
+        parent = adm.finished(self._parent(parent_id, user_id, guild_id))
         adm.kept_output(parent)
         if parent.num_frames:
             adm.extend_frames(parent, parent.num_frames)
@@ -213,7 +221,7 @@ class Children:
         if ticket is None:
             parent, ticket = self._hold_extend(parent_id, user_id, guild_id, channel_id)
         else:
-            parent = adm.finished(self.store.require_job(parent_id))
+            parent = adm.finished(self._parent(parent_id, user_id, guild_id))
         try:
             source = adm.kept_output(parent)
             parent_frames = await recipes.clip_frames(source, parent.num_frames)

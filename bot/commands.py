@@ -147,7 +147,10 @@ async def cancel(interaction: discord.Interaction, job: str | None = None) -> No
             raise NotFound("You have no clips in the queue.")
         job_id = pending[-1].job.id
     cancelled = await bot.jobs.cancel(
-        job_id, user_id=interaction.user.id, moderator=is_moderator(interaction)
+        job_id,
+        user_id=interaction.user.id,
+        guild_id=interaction.guild_id,
+        moderator=is_moderator(interaction),
     )
     await interaction.response.send_message(f"✖️ Cancelled `{cancelled.id}`.", ephemeral=True)
 
@@ -174,7 +177,11 @@ async def history(interaction: discord.Interaction) -> None:
 async def job_command(interaction: discord.Interaction, id: str) -> None:
     bot = services(interaction)
     job = policy.check_visible_here(
-        bot.jobs.get(id.strip().lower()), guild_id=interaction.guild_id, user_id=interaction.user.id
+        bot.jobs.lookup(
+            id.strip().lower(), guild_id=interaction.guild_id, user_id=interaction.user.id
+        ),
+        guild_id=interaction.guild_id,
+        user_id=interaction.user.id,
     )
     if job.status != JobStatus.DONE:
         await interaction.response.send_message(

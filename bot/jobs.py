@@ -13,7 +13,8 @@ The work is done by collaborators that own their state, each handed what it need
 Public API (the Discord layer codes against this): `start()`/`close()` (close before the
 backend: jobs in flight stay `running` and the next start requeues them); listeners and
 `subscribe()`; `submit()` and the children `reroll/vary/edit/extend/loop` of a finished
-clip (guild and channel default to the parent's); `cancel()`; the queries `get, position,
+clip (guild and channel default to the parent's); `cancel()`; `lookup()` (a member's id,
+scoped to the server asked from); the queries `get, position,
 eta, queue_summary, history, warming_up, backend_note, known_presets`; server settings;
 the delivery bookkeeping `mark_*`/`restore_result`; `prune_outputs()`; `kick()`.
 
@@ -46,7 +47,7 @@ from pathlib import Path
 from typing import Any
 
 from bot import admission as adm
-from bot import recipes
+from bot import policy, recipes
 from bot.admission import Admission, Ticket
 from bot.backend_port import BackendPort
 from bot.children import Children
@@ -297,9 +298,12 @@ class JobService:
 
     # -- cancelling ---------------------------------------------------------------------
 
-    async def cancel(self, job_id: str, *, user_id: int, moderator: bool = False) -> Job:
-        """Cancel a waiting or running job: its owner, or a moderator (Manage Messages)."""
-        job = self.store.require_job(job_id)
+    async def cancel(
+        self, job_id: str, *, user_id: int, guild_id: int | None, moderator: bool = False
+    ) -> Job:
+        """Cancel a waiting or running job: its owner, or a moderator (Manage Messages) of
+        the server the job belongs to (`guild_id`: where the request comes from)."""
+        job = self.lookup(job_id, guild_id=guild_id, user_id=user_id)
         if job.user_id != user_id and not moderator:
             raise NotAllowed(
                 "Only the member who asked for this clip, or a moderator, can cancel it."
@@ -311,7 +315,15 @@ class JobService:
     # -- queries ------------------------------------------------------------------------
 
     def get(self, job_id: str) -> Job:
+        """A job by id, unscoped: for the bot's own bookkeeping, never for a member's id."""
         return self.store.require_job(job_id)
+
+    def lookup(self, job_id: str, *, guild_id: int | None, user_id: int) -> Job:
+        """A job by the id a member gave, from `guild_id`: another server's job is NotFound
+        (bot/policy.py `check_in_scope`)."""
+        return policy.check_in_scope(
+            self.store.require_job(job_id), guild_id=guild_id, user_id=user_id
+        )
 
     @property
     def warming_up(self) -> bool:

@@ -502,7 +502,7 @@ async def test_limits_are_checked_before_the_download(
     assert "You already have 2 clips in the queue" in extend.original.content
     assert len(h.bot.jobs.history(h.alice.id, limit=10)) == 3
     for job in reversed(pending):
-        await h.bot.jobs.cancel(job.id, user_id=h.alice.id)
+        await h.bot.jobs.cancel(job.id, user_id=h.alice.id, guild_id=job.guild_id)
 
 
 async def _private(h: Harness, ix: Interaction, timeout: float = 10) -> list[str]:
@@ -584,7 +584,27 @@ async def test_cancel_from_progress_message(h: Harness, slow_backend: LocalBacke
     # The worker is free again at once: the next clip starts generating.
     nxt = await h.job_of(await h.animate(h.alice, "third clip"))
     await _until_running(h, nxt.id, timeout=10)
-    await h.bot.jobs.cancel(nxt.id, user_id=h.alice.id)
+    await h.bot.jobs.cancel(nxt.id, user_id=h.alice.id, guild_id=nxt.guild_id)
+
+
+async def test_cancel_from_another_server_is_no_such_job(
+    h: Harness, slow_backend: LocalBackend
+) -> None:
+    """/cancel job:<id> from another server: even its moderator reads the missing-id reply, and the job goes on."""
+    other = h.server.add_guild("Elsewhere", channels=("general",))
+    mod = h.server.add_user("mod")
+    h.server.add_member(other, mod, permissions=Perm.MANAGE_MESSAGES)
+    await h.start_bot(slow_backend)
+    job = await h.job_of(await h.animate(h.alice))
+    channel = other.channel("general")
+    refused = await h.server.slash(other, channel, mod, "cancel", {"job": job.id})
+    missing = await h.server.slash(other, channel, mod, "cancel", {"job": "nosuchjob0"})
+    assert await refused.acknowledged() == 4 and refused.ephemeral
+    assert await missing.acknowledged() == 4
+    assert refused.original.content == missing.original.content.replace("nosuchjob0", job.id)
+    assert "no job" in refused.original.content
+    assert h.job(job.id).status in ("queued", "running")
+    await h.bot.jobs.cancel(job.id, user_id=h.alice.id, guild_id=job.guild_id)
 
 
 async def test_restart_mid_generation(h: Harness, slow_backend: LocalBackend) -> None:

@@ -109,6 +109,52 @@ async def test_mixed_presets_each_job_waits_only_for_its_own_workers(make_env) -
         env.service.precheck(guild_id=1, channel_id=10, user_id=5, preset="local:tiny")
 
 
+async def test_another_servers_job_is_no_such_job(make_env) -> None:
+    """A job id from another server is NotFound (the missing-id text) for cancel, lookup and
+    every child, moderators included; only its author may still name it; nothing changes."""
+    backend = FakeBackend()
+    backend.hold()
+    env = await make_env(backend, Limits(daily_per_user=5))
+    running = await env.submit(guild_id=1, user_id=1)
+    theirs = await env.submit(guild_id=1, user_id=2)
+    await env.wait(running.id, "running")
+    with pytest.raises(NotFound) as missing:
+        env.service.lookup("nosuchjob0", guild_id=1, user_id=3)
+    for job in (running, theirs):
+        for who, moderator in ((3, True), (3, False)):
+            with pytest.raises(NotFound) as info:
+                await env.service.cancel(job.id, user_id=who, guild_id=2, moderator=moderator)
+            assert info.value.message == missing.value.message.replace("nosuchjob0", job.id)
+            with pytest.raises(NotFound):
+                env.service.lookup(job.id, guild_id=2, user_id=who)
+            with pytest.raises(NotFound):
+                env.service.lookup(job.id, guild_id=None, user_id=who)  # a DM
+    assert env.store.require_job(theirs.id).status == "queued"
+    assert env.store.require_job(running.id).status == "running" and backend.cancels == []
+    assert env.service.lookup(theirs.id, guild_id=2, user_id=2).id == theirs.id  # its author
+    assert (await env.service.cancel(theirs.id, user_id=3, guild_id=1, moderator=True)).status == (
+        "cancelled"
+    )  # a moderator of the job's own server still may
+    backend.release()
+    done = await env.wait(running.id)
+    assert done.status == "done"
+    count = len(env.store.history(3, limit=50))
+    for child in (
+        env.service.reroll(done.id, user_id=3, guild_id=2, channel_id=20),
+        env.service.vary(done.id, user_id=3, strength="subtle", guild_id=2, channel_id=20),
+        env.service.edit(done.id, user_id=3, prompt="a new one", guild_id=2, channel_id=20),
+        env.service.loop(done.id, user_id=3, guild_id=2, channel_id=20),
+        env.service.extend(done.id, user_id=3, guild_id=2, channel_id=20),
+    ):
+        with pytest.raises(NotFound):
+            await child
+    with pytest.raises(NotFound):
+        env.service.reserve_extend(done.id, user_id=3, guild_id=2, channel_id=20)
+    assert len(env.store.history(3, limit=50)) == count  # no row written
+    reroll = await env.service.reroll(done.id, user_id=3, guild_id=1, channel_id=10)
+    assert reroll.parent_id == done.id  # from the clip's own server a child is still made
+
+
 async def test_cancel_queued_and_running(make_env) -> None:
     """Owners and moderators cancel waiting and running jobs; others and finished jobs can't."""
     backend = FakeBackend()
@@ -118,16 +164,16 @@ async def test_cancel_queued_and_running(make_env) -> None:
     waiting = await env.submit(user_id=2)
     await env.wait(running.id, "running")
     with pytest.raises(NotAllowed, match="Only the member who asked"):
-        await env.service.cancel(waiting.id, user_id=3)
-    cancelled = await env.service.cancel(waiting.id, user_id=3, moderator=True)
+        await env.service.cancel(waiting.id, user_id=3, guild_id=1)
+    cancelled = await env.service.cancel(waiting.id, user_id=3, guild_id=1, moderator=True)
     assert cancelled.status == "cancelled" and env.service.position(waiting.id) is None
     assert env.store.daily_count(2, "2026-11-26") == 0  # refunded
     await env.until(lambda: backend.held)
-    cancelled = await env.service.cancel(running.id, user_id=1)
+    cancelled = await env.service.cancel(running.id, user_id=1, guild_id=1)
     assert cancelled.status == "cancelled" and backend.cancels == [running.id]
     assert env.of(running.id, Cancelled) and env.of(waiting.id, Cancelled)
     with pytest.raises(InvalidState, match="already cancelled"):
-        await env.service.cancel(running.id, user_id=1)
+        await env.service.cancel(running.id, user_id=1, guild_id=1)
     # the slot frees once the backend stops, and the next job runs
     backend.release()
     nxt = await env.submit(user_id=4)
@@ -135,7 +181,7 @@ async def test_cancel_queued_and_running(make_env) -> None:
     assert not env.of(running.id, JobDone) and env.store.require_job(running.id).output_path is None
     assert not (env.tmp / "outputs" / f"{running.id}.mp4").exists()
     with pytest.raises(NotFound):
-        await env.service.cancel("nosuchjob0", user_id=1)
+        await env.service.cancel("nosuchjob0", user_id=1, guild_id=1)
 
 
 async def test_crash_is_retried_once_then_succeeds(make_env) -> None:
