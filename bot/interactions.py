@@ -2,7 +2,8 @@
 
 Owns: the typed accessor for the bot's services (`services()`), interaction refs
 (`ref()`), where a new clip lives (`where()`), the moderator check, the defer that becomes
-a progress message (`start_progress()`), private error replies (`reply_error()`) and the
+a progress message (`start_progress()`), private error replies (`reply_error()`, cut to
+Discord's 2,000 characters by `fit()`) and the
 ONE translator from an exception to what the member reads (`answer_error()`), used by the
 slash commands' tree handler, the buttons and the Edit modal alike. The words themselves
 come from bot/errors.py (`member_message()`).
@@ -35,6 +36,17 @@ if TYPE_CHECKING:
     from bot.render import QueueInfo
 
 log = logging.getLogger("zoetrope.interactions")
+
+# Discord refuses a message over 2,000 characters of content (400, 50035: "Must be 2000 or
+# fewer in length"; discord.com/developers/docs/resources/message#create-message), and the
+# member then reads nothing at all.
+MAX_CONTENT = 2000
+LOGGED_CHARS = 300  # how much of a reply a log line quotes: echoed input is not logged whole
+
+
+def fit(text: str, limit: int = MAX_CONTENT) -> str:
+    """`text` cut to `limit` characters, the cut marked with an ellipsis."""
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 class Deliveries(Protocol):
@@ -105,7 +117,9 @@ async def start_progress(
 
 
 async def reply_error(interaction: discord.Interaction, message: str) -> None:
-    """Tell the member what went wrong, privately, whatever state the response is in."""
+    """Tell the member what went wrong, privately, whatever state the response is in. An
+    error may echo what the member typed (a 5,000-character preset), so it is cut to fit."""
+    message = fit(message)
     response = interaction.response
     try:
         if not response.is_done():
@@ -118,7 +132,9 @@ async def reply_error(interaction: discord.Interaction, message: str) -> None:
                 await interaction.delete_original_response()
         await interaction.followup.send(message, ephemeral=True)
     except discord.HTTPException as exc:
-        log.warning("could not send an error reply (%s): %s", exc.status, message)
+        log.warning(
+            "could not send an error reply (%s): %s", exc.status, fit(message, LOGGED_CHARS)
+        )
 
 
 async def answer_error(interaction: discord.Interaction, error: BaseException, what: str) -> None:

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import io
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -929,6 +930,28 @@ async def test_undelivered_result_is_posted_after_restart(
     assert result.attachments and done.delivery_attempts == 1
     assert len([m for m in h.server.messages(h.channel) if m.attachments]) == 1
     await h.settled(ix.original, "watch the clip")
+
+
+async def test_long_echoed_input_is_cut_to_fit(
+    h: Harness, backend: LocalBackend, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A 5,000-character preset echoed in the refusal: the private reply fits Discord's 2,000 characters, cut with an ellipsis, and no log line holds the whole input."""
+    await h.start_bot(backend)
+    typed = "z" * 5000
+    with caplog.at_level(logging.DEBUG):
+        ix = await h.animate(h.alice, preset=typed)
+        assert await ix.acknowledged() == 4 and ix.ephemeral
+    text = ix.original.content
+    assert text.startswith("Unknown preset") and len(text) == 2000 and text.endswith("…")
+    # discord.py's own gateway DEBUG lines carry whole payloads; ours and INFO+ must not.
+    leaked = [
+        (r.name, r.getMessage()[:150])
+        for r in caplog.records
+        if (r.name.startswith("zoetrope") or r.levelno >= logging.INFO)
+        and typed[:1000] in r.getMessage()
+    ]
+    assert not leaked, leaked
+    assert h.bot is not None and h.bot.jobs.history(h.alice.id) == []
 
 
 async def test_preset_autocomplete_offers_allowed_presets(
