@@ -52,6 +52,13 @@ _NOT_RUNNING: dict[str, Any] = dict(
 )
 
 
+def generation_started(job: Job) -> bool:
+    """A running job's generation began: a progress step past the model load was recorded
+    (the row keeps the last Progress; "load" is the backend still loading, and no stage at
+    all is a job handed over that has not reported yet)."""
+    return job.stage is not None and job.stage != "load"
+
+
 @dataclass(frozen=True, slots=True)
 class DataDirs:
     inputs: Path
@@ -139,12 +146,14 @@ class Runner:
 
     def resume(self) -> ResumeReport:
         """Rebuild the queue from the database. `running` jobs were interrupted: back to
-        `queued` with attempts + 1 (failed after MAX_INTERRUPTIONS). Everything waiting
-        re-enters the scheduler in submission order, so each member's FIFO and the guilds'
-        order of arrival are kept."""
+        `queued`, with attempts + 1 (failed after MAX_INTERRUPTIONS) only if generation had
+        started (`generation_started`): a restart while the backend still loads the model
+        costs the job nothing, however often it happens. Everything waiting re-enters the
+        scheduler in submission order, so each member's FIFO and the guilds' order of
+        arrival are kept."""
         report = ResumeReport()
         for job in self.store.jobs_with_status(RUNNING):
-            attempts = job.attempts + 1
+            attempts = job.attempts + 1 if generation_started(job) else job.attempts
             if attempts > MAX_INTERRUPTIONS:
                 reason = "This clip was interrupted by restarts too many times; please try again."
                 report.failed.append(self.fail(job, RUNNING, reason, "crash", attempts))

@@ -21,7 +21,7 @@ from bot.errors import (
 )
 from bot.events import Cancelled, JobDone, JobFailed, JobProgress, Queued, Started
 from bot.recipes import InteractionRef
-from bot.runner import MAX_REQUEUES
+from bot.runner import MAX_INTERRUPTIONS, MAX_REQUEUES
 from bot.scheduler import FairQueue, queue_key
 from generator import encode
 from generator import protocol as gp
@@ -257,7 +257,7 @@ async def test_final_errors_and_broken_backends(make_env) -> None:
 
 
 async def test_resume_requeues_in_order_and_reports_undelivered(tmp_path: Path) -> None:
-    """After a restart: running jobs are back in the queue (attempts + 1), queued jobs keep their order, done-but-undelivered results are reported."""
+    """After a restart: running jobs are back in the queue (no attempt counted: it never reported a step), queued jobs keep their order, done-but-undelivered results are reported."""
     limits = Limits(pending_per_user=10, pending_per_guild=10)
     backend = FakeBackend()
     first = Env(tmp_path, backend, limits)
@@ -275,13 +275,45 @@ async def test_resume_requeues_in_order_and_reports_undelivered(tmp_path: Path) 
     report = await second.start()
     assert [j.id for j in report.interrupted] == [jobs[0].id]
     assert [j.id for j in report.requeued] == [j.id for j in jobs]
-    assert report.requeued[0].attempts == 1 and report.requeued[0].status == "queued"
+    assert report.requeued[0].attempts == 0 and report.requeued[0].status == "queued"
     assert [j.id for j in report.undelivered] == [undelivered.id]
     expected = FairQueue()
     for job in jobs:
         expected.push(job.id, queue_key(job.guild_id, job.user_id), job.user_id)
     assert second.service.scheduler.queue.order() == expected.order()
     await second.close()
+
+
+async def test_resume_counts_an_attempt_only_once_generation_started(tmp_path: Path) -> None:
+    """Restarts while the backend still loads the model (more than MAX_INTERRUPTIONS of them) cost the job no attempt and never fail it; a restart after a denoise step costs one."""
+    job_id = None
+    for _ in range(MAX_INTERRUPTIONS + 2):
+        backend = FakeBackend(ready=False)  # reports Progress(stage="load"), then waits
+        backend.hold()
+        env = Env(tmp_path, backend, None)
+        report = await env.start()
+        if job_id is None:
+            job_id = (await env.submit()).id
+        else:
+            assert [j.id for j in report.interrupted] == [job_id] and report.failed == []
+            assert report.interrupted[0].attempts == 0
+        await env.until(
+            lambda env=env, job_id=job_id: env.store.require_job(job_id).stage == "load"
+        )
+        await env.close()
+
+    backend = FakeBackend(steps=10_000, step_delay=0.05)
+    env = Env(tmp_path, backend, None)
+    report = await env.start()
+    assert report.interrupted[0].attempts == 0
+    await env.until(lambda: env.store.require_job(job_id).stage == "denoise")
+    await env.close()
+    env = Env(tmp_path, FakeBackend(), None)
+    report = await env.start()
+    assert [j.id for j in report.interrupted] == [job_id]
+    assert report.interrupted[0].attempts == 1
+    assert (await env.wait(job_id)).status == "done"
+    await env.close()
 
 
 def test_sigkill_mid_run_loses_and_duplicates_nothing(tmp_path: Path) -> None:
