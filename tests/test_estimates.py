@@ -34,7 +34,8 @@ async def test_positions_etas_and_summary(make_env) -> None:
     assert (summary.guild_waiting, summary.guild_running, summary.total_waiting) == (2, 1, 2)
     assert summary.warming_up
     backend.set_ready(True)
-    await env.service.cancel(jobs[0].id, user_id=1, guild_id=jobs[0].guild_id)  # jobs[1] starts (and is held)
+    # jobs[1] starts (and is held)
+    await env.service.cancel(jobs[0].id, user_id=1, guild_id=jobs[0].guild_id)
     await env.until(lambda: [e.position for e in env.of(jobs[2].id, PositionChanged)][-1:] == [1])
     moves = [e.position for e in env.of(jobs[2].id, PositionChanged)]
     assert moves in ([2, 1], [1])  # it was told 3 when it was queued
