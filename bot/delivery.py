@@ -11,8 +11,8 @@ Results: a NEW channel message (nonce = job id, `enforce_nonce`, so a retried PO
 first answer was lost does not post twice) that mentions only the requester and carries the
 MP4 and every button. If the bot may not post in the channel: the interaction webhook while
 the token lives, then a DM, then a clear reason on the progress message. A clip over the
-upload limit is re-encoded to fit (generator.encode.fit_to_budget, in a thread); if it still
-cannot fit the message says so and the job stays `done` with its file on disk.
+upload limit is re-encoded to fit (generator.encode.fit_to_budget, in a thread) and marked as
+AI-generated again (generator.provenance, the re-encode drops the mark); if it still cannot fit the message says so and the job stays `done` with its file on disk.
 
 Share reposts a clip to the server's showcase channel once: the post is recorded on the job
 (Discord's nonce only dedupes for 5 minutes), and a later Share links to it.
@@ -41,7 +41,7 @@ from bot.buttons import build_view
 from bot.errors import ZoetropeError
 from bot.render import QueueInfo
 from bot.store import Job, JobStatus
-from generator import encode
+from generator import encode, provenance
 
 if TYPE_CHECKING:
     from bot.jobs import JobService
@@ -443,11 +443,32 @@ class Delivery:
         target = self.uploads_dir / f"{job.id}-{limit}.mp4"
         if target.is_file() and target.stat().st_size <= limit:
             return target, "re-encoded to fit this server's upload limit"
-        result = await asyncio.to_thread(encode.fit_to_budget, source, target, limit)
-        if not result.fits:
-            target.unlink(missing_ok=True)
-            return None, None
-        return target, "re-encoded to fit this server's upload limit"
+        # Room for the mark added after the re-encode (a re-encode drops it); a second try
+        # aims lower by what the first one overshot. Made under another name, so `target`
+        # only ever exists marked.
+        staging = self.uploads_dir / f".{job.id}-{limit}.partial.mp4"
+        budget = limit - provenance.MARK_HEADROOM_BYTES
+        model = job.meta.get("ai_model") or job.preset or "unknown model"
+        for _ in range(2):
+            if budget <= 0:
+                break
+            result = await asyncio.to_thread(encode.fit_to_budget, source, staging, budget)
+            if not result.fits:
+                break
+            await asyncio.to_thread(
+                provenance.mark_finished,
+                staging,
+                model=model,
+                data_dir=self.jobs.dirs.root,
+                job_id=job.id,
+            )
+            size = staging.stat().st_size
+            if size <= limit:
+                staging.replace(target)
+                return target, "re-encoded to fit this server's upload limit"
+            budget -= size - limit + 1024
+        staging.unlink(missing_ok=True)
+        return None, None
 
     async def _post_result(self, job: Job) -> _Posted:
         limit = self.upload_limit(job.guild_id)
