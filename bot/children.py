@@ -144,6 +144,9 @@ class Children:
         if isinstance(parent, str):
             parent = adm.finished(self.store.require_job(parent))
         guild, channel = _place_of(parent, guild_id, channel_id)
+        # Every child that generates is screened: Edit's new prompt, and the parent's own
+        # for the rest (a clip made before the screen existed is not a way around it).
+        prompt = changes.get("prompt", parent.prompt) if kind != "loop" else None
         ticket = self.admission.hold(
             guild_id=guild,
             channel_id=channel,
@@ -151,6 +154,7 @@ class Children:
             preset=parent.preset,
             parent=parent,
             counts_quota=kind != "loop",
+            prompt=prompt,
         )
         child = recipes.child_job(
             parent,
@@ -195,6 +199,7 @@ class Children:
             user_id=user_id,
             preset=parent.preset,
             parent=parent,
+            prompt=parent.prompt,
         )
         return parent, ticket
 

@@ -398,6 +398,37 @@ async def test_edit_opens_prefilled_modal(h: Harness, backend: LocalBackend) -> 
     assert "stormy" in child_result.content
 
 
+async def test_refused_prompts_are_private_and_queue_nothing(
+    h: Harness, backend: LocalBackend
+) -> None:
+    """A prompt the built-in screen refuses, in /animate or in Edit's modal, is refused
+    privately before any defer: the image is never downloaded, no job is written or counted."""
+    await h.start_bot(backend)
+    attachment = h.server.make_attachment("photo.png", png(seed=5), "image/png")
+    refused = await h.server.slash(
+        h.guild,
+        h.channel,
+        h.alice,
+        "animate",
+        options={"prompt": "a nude child on a beach"},
+        attachments=[attachment],
+    )
+    assert await refused.acknowledged() == 4 and refused.ephemeral
+    assert "never allowed, in any channel" in refused.original.content
+    assert attachment.downloads == 0
+    parent, result = await h.delivered((await h.job_of(await h.animate(h.alice, "a calm sea"))).id)
+    ix = await h.server.click(result, buttons.custom_id("edit", parent.id), h.alice)
+    assert await ix.acknowledged() == 9
+    submit = await h.server.submit_modal(ix, {"prompt": "a calm sea, nude kids"})
+    assert await submit.acknowledged() == 4 and submit.ephemeral
+    assert "never allowed, in any channel" in submit.original.content
+    store = h.bot.jobs.store
+    assert [j.id for j in store.jobs_with_status("queued", "running", "done", "failed")] == [
+        parent.id
+    ]
+    assert store.daily_count(h.alice.id, parent.quota_day) == 1
+
+
 def _walk(components: list[dict[str, Any]]) -> list[dict[str, Any]]:
     out = []
     for comp in components:
@@ -516,7 +547,10 @@ async def test_limits_are_checked_before_the_download(
 ) -> None:
     """At their pending limit a member's /animate and Extend are refused privately before any defer, and the refused image is never downloaded."""
     await h.start_bot(slow_backend)
-    parent, result = await h.delivered((await h.job_of(await h.animate(h.alice))).id, timeout=40)
+    # The slow model's first clip took 38 s of this 2-core machine under load before clips
+    # were marked (the mark adds ~0.3 s): 90 s leaves a margin.
+    first = (await h.job_of(await h.animate(h.alice))).id
+    parent, result = await h.delivered(first, timeout=90)
     pending = [await h.job_of(await h.animate(h.alice, p)) for p in ("second", "third")]
     attachment = h.server.make_attachment("photo.png", png(seed=3), "image/png")
     refused = await h.server.slash(
