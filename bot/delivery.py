@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections.abc import Callable, Iterator
@@ -47,6 +48,8 @@ if TYPE_CHECKING:
     from bot.jobs import JobService
     from bot.runner import ResumeReport
 
+# Room for the container tags alone (measured ~0.3 KB), the fallback mark of a re-encode.
+TAGS_HEADROOM_BYTES = 1024
 log = logging.getLogger("zoetrope.delivery")
 
 # Errors that may heal on their own: Discord 5xx (after discord.py's own retries), a dropped
@@ -443,30 +446,32 @@ class Delivery:
         target = self.uploads_dir / f"{job.id}-{limit}.mp4"
         if target.is_file() and target.stat().st_size <= limit:
             return target, "re-encoded to fit this server's upload limit"
-        # Room for the mark added after the re-encode (a re-encode drops it); a second try
-        # aims lower by what the first one overshot. Made under another name, so `target`
-        # only ever exists marked.
+        # A re-encode drops the mark, so the file is marked again. The full mark (C2PA, ~3.8 KB)
+        # first; where that cannot fit (a clip of a few KB), the container tags alone (~0.3 KB,
+        # still machine-readable). Made under another name: `target` only exists marked.
         staging = self.uploads_dir / f".{job.id}-{limit}.partial.mp4"
-        budget = limit - provenance.MARK_HEADROOM_BYTES
         model = job.meta.get("ai_model") or job.preset or "unknown model"
-        for _ in range(2):
+        mark_c2pa = functools.partial(
+            provenance.mark_finished, model=model, data_dir=self.jobs.dirs.root, job_id=job.id
+        )
+        mark_tags = functools.partial(provenance.mark_metadata, model=model, job_id=job.id)
+        for headroom, mark in (
+            (provenance.MARK_HEADROOM_BYTES, mark_c2pa),
+            (TAGS_HEADROOM_BYTES, mark_tags),
+        ):
+            budget = limit - headroom
             if budget <= 0:
-                break
+                continue
             result = await asyncio.to_thread(encode.fit_to_budget, source, staging, budget)
             if not result.fits:
-                break
-            await asyncio.to_thread(
-                provenance.mark_finished,
-                staging,
-                model=model,
-                data_dir=self.jobs.dirs.root,
-                job_id=job.id,
-            )
-            size = staging.stat().st_size
-            if size <= limit:
+                continue
+            try:
+                await asyncio.to_thread(mark, staging)
+            except (provenance.ProvenanceError, OSError) as exc:
+                log.error("job %s: the re-encoded clip could not be marked: %s", job.id, exc)
+            if staging.stat().st_size <= limit:
                 staging.replace(target)
                 return target, "re-encoded to fit this server's upload limit"
-            budget -= size - limit + 1024
         staging.unlink(missing_ok=True)
         return None, None
 

@@ -843,8 +843,11 @@ async def test_upload_limit_reencode_or_explain(h: Harness, backend: LocalBacken
     job, fitted = await h.delivered((await h.job_of(await h.animate(h.alice, "again"))).id)
     assert fitted.attachments and len(fitted.file()) <= size * 0.8
     assert "re-encoded" in fitted.content and LABEL in fitted.content
-    found = marking_of(fitted.file(), h.data_dir.parent / "fitted", data_dir=h.data_dir)
-    assert found.validation_state == "Trusted" and found.metadata["job_id"] == job.id
+    # A clip of a few KB has no room for the ~3.8 KB C2PA manifest: the tags alone mark it.
+    (h.data_dir.parent / "fitted.mp4").write_bytes(fitted.file())
+    found = read_provenance(h.data_dir.parent / "fitted.mp4", data_dir=h.data_dir)
+    assert found.ai_generated and found.metadata["model"] == "local:wan21"
+    assert found.metadata["job_id"] == job.id and not found.tampered
 
     h.server.set_upload_limit(h.guild, 300)
     job, refused = await h.delivered((await h.job_of(await h.animate(h.alice, "tiny"))).id)
