@@ -658,14 +658,15 @@ async def test_cancel_from_progress_message(h: Harness, slow_backend: LocalBacke
 async def test_restart_mid_generation(h: Harness, slow_backend: LocalBackend) -> None:
     """A restart mid-generation: the job runs again and is delivered once; buttons on a message from before the restart still work."""
     bot = await h.start_bot(slow_backend)
-    old, old_result = await h.delivered((await h.job_of(await h.animate(h.alice))).id)
+    first = (await h.job_of(await h.animate(h.alice))).id
+    old, old_result = await h.delivered(first, timeout=90)  # a slow clip: see above
     ix = await h.animate(h.alice, "interrupted clip")
     job = await _until_running(h, (await h.job_of(ix)).id)
     await h.stop_bot()
     assert bot.is_closed()
 
     await h.start_bot(slow_backend)
-    done, result = await h.delivered(job.id, timeout=40)
+    done, result = await h.delivered(job.id, timeout=90)
     assert done.attempts == 1  # the interrupted run was counted
     assert result.attachments and result.pinged.users == {h.alice.id}
     finished = [m for m in h.server.messages(h.channel) if m.attachments]
@@ -687,7 +688,7 @@ async def test_token_expiry_falls_back_to_channel_messages(
     ix = await h.animate(h.alice)
     job = await _until_running(h, (await h.job_of(ix)).id)
     h.server.clock.advance(16 * 60)
-    done, result = await h.delivered(job.id, timeout=40)
+    done, result = await h.delivered(job.id, timeout=90)
     await h.settled(ix.original, "watch the clip")
     assert (401, 50027) in {(s, c) for _, _, s, c in ix.webhook_errors}
     channel_edits = h.server.requests_for("PATCH", rf"^/channels/\d+/messages/{ix.original.id}$")
