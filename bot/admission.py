@@ -2,9 +2,15 @@
 
 Owns: the camera moves /animate offers, the validators of a request's options (against
 the figures in bot/limits.py), a parent clip's length cap, and `Admission`, which
-applies every rule of a new job -- preset known, channel and preset allowed, the buttons
-rule of the server, no pending child of the same clip, the member's and the server's
-pending clips, the daily quota, the bot's queue size -- in one call, `hold()`.
+applies every rule of a new job -- the prompt screen, preset known, channel and preset
+allowed, the buttons rule of the server, no pending child of the same clip, the member's
+and the server's pending clips, the daily quota, the bot's queue size -- in one call,
+`hold()`.
+
+The prompt screen (generator/prompt_screen.py) runs first, before anything is queued or
+counted: its built-in block (sexual content involving minors) is always on, in every
+channel, whatever the server's settings. A server's own term list is not wired yet (no
+`GuildSettings` field for it).
 
 Why a hold. A request that passes may still have slow work to do before its row is
 written (/animate downloads the image, Extend reads the clip's last frame), and other
@@ -14,7 +20,8 @@ finally written (`admit()`); `release()` gives the place back if the request goe
 further. Synchronous on purpose: no other check can interleave with one.
 
 Imports: bot.errors, bot.limits, bot.store, bot.intake (prompt clean-up),
-generator.presets (pure data). No discord, no torch.
+generator.presets (pure data), generator.prompt_screen (pure text rules). No discord, no
+torch.
 """
 
 from __future__ import annotations
@@ -30,6 +37,7 @@ from bot import intake
 from bot.errors import (
     AlreadyPending,
     BadOption,
+    ContentRefused,
     InvalidState,
     LimitReached,
     NotAllowed,
@@ -40,6 +48,7 @@ from bot.errors import (
 from bot.limits import SEED_MAX, VARY_STRENGTHS, Limits
 from bot.store import GuildSettings, Job, JobStatus, Store
 from generator.presets import DURATIONS, PRESETS, Preset
+from generator.prompt_screen import screen_prompt
 
 # Camera moves offered by /animate, appended to the prompt as camera language.
 CAMERAS: dict[str, str] = {
@@ -91,6 +100,14 @@ def vary_strength(strength: str | float) -> float:
     if isinstance(strength, int | float) and not isinstance(strength, bool) and 0 < strength <= 1:
         return float(strength)
     raise BadOption(f"Variation strength must be between 0 and 1, not {strength!r}.")
+
+
+def screen(prompt: str) -> None:
+    """Raise ContentRefused when the prompt screen refuses `prompt`. The negative prompt is
+    never screened: "nude, nsfw" there steers away from such content (see prompt_screen)."""
+    verdict = screen_prompt(prompt)
+    if not verdict.allowed:
+        raise ContentRefused(verdict.reason, rule=verdict.rule)
 
 
 def check_prompt(prompt: str, limits: Limits, *, negative: bool = False) -> str:
@@ -175,6 +192,7 @@ class Ticket:
     preset: str | None
     parent_id: str | None
     quota_day: str | None  # the UTC day its clip counts against; None: not counted
+    prompt: str | None = None  # the prompt screened by hold(); None: none was given
     released: bool = False
 
 
@@ -209,8 +227,12 @@ class Admission:
         preset: str | None = None,
         parent: Job | None = None,
         counts_quota: bool = True,
+        prompt: str | None = None,
     ) -> Ticket:
-        """Check every rule of a new job; hold its place. Raises the first refusal."""
+        """Check every rule of a new job; hold its place. Raises the first refusal. With
+        `prompt`, the prompt screen runs first (the ticket records what it passed)."""
+        if prompt is not None:
+            screen(prompt)
         settings = self.settings(guild_id)
         if parent is not None:
             self._check_buttons_rule(settings, parent, user_id)
@@ -228,6 +250,7 @@ class Admission:
             preset,
             parent.id if parent is not None else None,
             day if counts_quota else None,
+            prompt,
         )
         self._held.append(ticket)
         return ticket

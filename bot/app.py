@@ -64,7 +64,8 @@ def build_backend(settings: Settings) -> Backend:
         )
     from generator.backends import LocalBackend
 
-    return LocalBackend(settings.model)
+    # The worker marks clips with the signing identity in the bot's data dir (one key).
+    return LocalBackend(settings.model, env={"ZOETROPE_DATA_DIR": str(settings.data_dir.resolve())})
 
 
 def build_job_service(

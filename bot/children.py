@@ -152,6 +152,9 @@ class Children:
         if isinstance(parent, str):
             parent = adm.finished(self._parent(parent, user_id, guild_id))
         guild, channel = _place_of(parent, guild_id, channel_id)
+        # Every child that generates is screened: Edit's new prompt, and the parent's own
+        # for the rest (a clip made before the screen existed is not a way around it).
+        prompt = changes.get("prompt", parent.prompt) if kind != "loop" else None
         ticket = self.admission.hold(
             guild_id=guild,
             channel_id=channel,
@@ -159,6 +162,7 @@ class Children:
             preset=parent.preset,
             parent=parent,
             counts_quota=kind != "loop",
+            prompt=prompt,
         )
         child = recipes.child_job(
             parent,
@@ -203,6 +207,7 @@ class Children:
             user_id=user_id,
             preset=parent.preset,
             parent=parent,
+            prompt=parent.prompt,
         )
         return parent, ticket
 

@@ -75,6 +75,7 @@ async def animate(
         channel_id=interaction.channel_id or 0,
         user_id=interaction.user.id,
         preset=preset,
+        prompt=prompt,
     )
     try:
         response = await interaction.response.defer(thinking=True)

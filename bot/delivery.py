@@ -11,8 +11,8 @@ Results: a NEW channel message (nonce = job id, `enforce_nonce`, so a retried PO
 first answer was lost does not post twice) that mentions only the requester and carries the
 MP4 and every button. If the bot may not post in the channel: the interaction webhook while
 the token lives, then a DM, then a clear reason on the progress message. A clip over the
-upload limit is re-encoded to fit (generator.encode.fit_to_budget, in a thread); if it still
-cannot fit the message says so and the job stays `done` with its file on disk.
+upload limit is re-encoded to fit (generator.encode.fit_to_budget, in a thread) and marked as
+AI-generated again (generator.provenance, the re-encode drops the mark); if it still cannot fit the message says so and the job stays `done` with its file on disk.
 
 Share reposts a clip to the server's showcase channel once: the post is recorded on the job
 (Discord's nonce only dedupes for 5 minutes), and a later Share links to it.
@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections.abc import Callable, Iterator
@@ -41,12 +42,14 @@ from bot.buttons import build_view
 from bot.errors import ZoetropeError
 from bot.render import QueueInfo
 from bot.store import Job, JobStatus
-from generator import encode
+from generator import encode, provenance
 
 if TYPE_CHECKING:
     from bot.jobs import JobService
     from bot.runner import ResumeReport
 
+# Room for the container tags alone (measured ~0.3 KB), the fallback mark of a re-encode.
+TAGS_HEADROOM_BYTES = 1024
 log = logging.getLogger("zoetrope.delivery")
 
 # Errors that may heal on their own: Discord 5xx (after discord.py's own retries), a dropped
@@ -443,11 +446,34 @@ class Delivery:
         target = self.uploads_dir / f"{job.id}-{limit}.mp4"
         if target.is_file() and target.stat().st_size <= limit:
             return target, "re-encoded to fit this server's upload limit"
-        result = await asyncio.to_thread(encode.fit_to_budget, source, target, limit)
-        if not result.fits:
-            target.unlink(missing_ok=True)
-            return None, None
-        return target, "re-encoded to fit this server's upload limit"
+        # A re-encode drops the mark, so the file is marked again. The full mark (C2PA, ~3.8 KB)
+        # first; where that cannot fit (a clip of a few KB), the container tags alone (~0.3 KB,
+        # still machine-readable). Made under another name: `target` only exists marked.
+        staging = self.uploads_dir / f".{job.id}-{limit}.partial.mp4"
+        model = job.meta.get("ai_model") or job.preset or "unknown model"
+        mark_c2pa = functools.partial(
+            provenance.mark_finished, model=model, data_dir=self.jobs.dirs.root, job_id=job.id
+        )
+        mark_tags = functools.partial(provenance.mark_metadata, model=model, job_id=job.id)
+        for headroom, mark in (
+            (provenance.MARK_HEADROOM_BYTES, mark_c2pa),
+            (TAGS_HEADROOM_BYTES, mark_tags),
+        ):
+            budget = limit - headroom
+            if budget <= 0:
+                continue
+            result = await asyncio.to_thread(encode.fit_to_budget, source, staging, budget)
+            if not result.fits:
+                continue
+            try:
+                await asyncio.to_thread(mark, staging)
+            except (provenance.ProvenanceError, OSError) as exc:
+                log.error("job %s: the re-encoded clip could not be marked: %s", job.id, exc)
+            if staging.stat().st_size <= limit:
+                staging.replace(target)
+                return target, "re-encoded to fit this server's upload limit"
+        staging.unlink(missing_ok=True)
+        return None, None
 
     async def _post_result(self, job: Job) -> _Posted:
         limit = self.upload_limit(job.guild_id)

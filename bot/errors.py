@@ -15,6 +15,7 @@ exception; bot/interactions.py `answer_error()` is the one place that sends it.
     │   ├── QuotaExceeded     the per-user daily clip quota
     │   └── AlreadyPending    the same member already has a job from this clip waiting
     ├── NotAllowed            channel/preset/button not allowed, or not the owner
+    │   └── ContentRefused    a content check refused the request (the prompt screen)
     ├── NotFound              unknown job id, or a clip file that is gone
     └── InvalidState          the job is not in a state that allows the action (also lost races)
 """
@@ -71,6 +72,14 @@ class AlreadyPending(LimitReached):
 
 class NotAllowed(ZoetropeError):
     """The action is not allowed here or not for this member."""
+
+
+class ContentRefused(NotAllowed):
+    """A content check refused the request; `rule` names which (generator/safety.py RULE_*)."""
+
+    def __init__(self, message: str, *, rule: str) -> None:
+        super().__init__(message)
+        self.rule = rule
 
 
 class NotFound(ZoetropeError):

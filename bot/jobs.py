@@ -216,12 +216,19 @@ class JobService:
     # -- admission ------------------------------------------------------------------------
 
     def reserve(
-        self, *, guild_id: int | None, channel_id: int, user_id: int, preset: str | None = None
+        self,
+        *,
+        guild_id: int | None,
+        channel_id: int,
+        user_id: int,
+        preset: str | None = None,
+        prompt: str | None = None,
     ) -> Ticket:
-        """Check every rule of a new clip that needs no image and hold its place; spend
-        the ticket with submit(ticket=...) or give it back with release()."""
+        """Check every rule of a new clip that needs no image (with `prompt`, the prompt
+        screen too) and hold its place; spend the ticket with submit(ticket=...) or give it
+        back with release()."""
         return self.admission.hold(
-            guild_id=guild_id, channel_id=channel_id, user_id=user_id, preset=preset
+            guild_id=guild_id, channel_id=channel_id, user_id=user_id, preset=preset, prompt=prompt
         )
 
     def release(self, ticket: Ticket) -> None:
@@ -262,6 +269,8 @@ class JobService:
         ticket: Ticket | None = None,
     ) -> Job:
         """Queue a new clip from an image already stored by intake (`image_sha256`)."""
+        if ticket is None or ticket.prompt != prompt:  # screened once: here or by reserve()
+            adm.screen(prompt)
         prompt = adm.check_prompt(prompt, self.limits)
         negative_prompt = adm.check_prompt(negative_prompt, self.limits, negative=True)
         camera = adm.check_camera(camera)

@@ -222,6 +222,13 @@ def result_details(job: Job) -> str:
     return " · ".join(parts)
 
 
+def ai_label(job: Job) -> str:
+    """The visible mark every posted clip carries (EU AI Act Art. 50: people must be told the
+    video is AI-generated); the model is the one the clip's machine-readable mark names."""
+    model = job.meta.get("ai_model") or job.preset or "an unknown model"
+    return f"-# 🤖 AI-generated video · made with {escape(str(model))}"
+
+
 def result_content(job: Job, *, note: str | None = None) -> str:
     """The result message: pings the requester (only them: see delivery's allowed mentions)."""
     verb = {"loop": "looped", "extend": "extended", "edit": "edited", "vary": "varied"}.get(
@@ -231,7 +238,8 @@ def result_content(job: Job, *, note: str | None = None) -> str:
     if job.credit_user_id is not None and job.credit_user_id != job.user_id:
         # Credit without a ping: the client's allowed mentions only let the requester through.
         head += f" (from a clip by {mention(job.credit_user_id)})"
-    lines = [head + f" · `{job.id}`", quote_prompt(job.prompt), result_details(job)]
+    # The label sits right under the head line, so a long message is never cut through it.
+    lines = [head + f" · `{job.id}`", ai_label(job), quote_prompt(job.prompt), result_details(job)]
     if note:
         lines.append(f"-# {note}")
     return _fit("\n".join(lines))
@@ -259,7 +267,7 @@ def showcase_content(job: Job, *, original_url: str | None, sharer_id: int) -> s
         credit += f" · shared by {mention(sharer_id)}"
     if original_url:
         credit += f" · [original]({original_url})"
-    return _fit(f"{credit}\n{quote_prompt(job.prompt)}\n{result_details(job)}")
+    return _fit(f"{credit}\n{ai_label(job)}\n{quote_prompt(job.prompt)}\n{result_details(job)}")
 
 
 def failed_notice(job: Job) -> str:

@@ -11,8 +11,11 @@ A run keeps its scheduler slot until its result is handled, so a retry put back 
 head of the queue always gets the freed slot first (see bot/scheduler.py).
 
 Imports: bot.backend_port, bot.events, bot.estimates, bot.scheduler, bot.store, bot.intake, bot.admission
-(camera language), generator.protocol and generator.encode (plain data, ffmpeg).
-No discord, no torch.
+(camera language), generator.protocol, generator.encode and generator.provenance (plain
+data, ffmpeg, c2pa). No discord, no torch.
+
+Every clip the bot re-encodes itself (Extend's join, Loop's ping-pong) is marked as
+AI-generated again afterwards, naming the model the source clip's own mark names.
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ from bot.estimates import Estimates
 from bot.events import Cancelled, EventBus, JobDone, JobFailed, JobProgress, Started
 from bot.scheduler import Scheduler, queue_key
 from bot.store import Job, JobStatus, Store
-from generator import encode
+from generator import encode, provenance
 from generator import protocol as gp
 
 log = logging.getLogger("zoetrope.jobs")
@@ -69,6 +72,27 @@ class DataDirs:
     def under(cls, data_dir: Path) -> DataDirs:
         outputs = Path(data_dir) / "outputs"
         return cls(Path(data_dir) / "inputs", outputs, outputs / ".tmp")
+
+    @property
+    def root(self) -> Path:
+        """The data dir itself (the signing identity lives in it)."""
+        return self.outputs.parent
+
+
+async def clip_model(path: Path | str, fallback: str | None) -> str:
+    """The model a clip's own mark names (what `verify` shows), else `fallback`."""
+    try:
+        tags = await asyncio.to_thread(provenance.read_metadata, path)
+    except (provenance.ProvenanceError, OSError):
+        tags = {}
+    return tags.get("model") or fallback or "unknown model"
+
+
+async def mark(path: Path, *, model: str, data_dir: Path, job_id: str) -> str:
+    """Mark a clip the bot re-encoded (in a thread: ffmpeg and signing take ~0.1 s)."""
+    return await asyncio.to_thread(
+        provenance.mark_finished, path, model=model, data_dir=data_dir, job_id=job_id
+    )
 
 
 @dataclass(slots=True)
@@ -318,6 +342,8 @@ class Runner:
         facts = done.facts
         meta = {**job.meta, **facts.to_dict()}
         num_frames = facts.num_frames
+        # The worker marked its clip; the label shown is the model that mark names.
+        meta["ai_model"] = await clip_model(produced, facts.preset or job.preset)
         try:
             if job.kind == "extend":
                 joined = self.dirs.tmp / f"{job.id}-joined.mp4"
@@ -328,6 +354,7 @@ class Runner:
                     joined,
                     byte_budget=self.byte_budget,
                 )
+                await mark(joined, model=meta["ai_model"], data_dir=self.dirs.root, job_id=job.id)
                 os.replace(joined, final)
                 produced.unlink(missing_ok=True)
                 num_frames = result.frames
@@ -438,9 +465,11 @@ class Runner:
         produced = self.dirs.tmp / f"{job.id}-loop.mp4"
         final = self.dirs.outputs / f"{job.id}.mp4"
         try:
+            model = await clip_model(job.meta["loop_source"], job.preset)
             result = await asyncio.to_thread(
                 encode.pingpong, job.meta["loop_source"], produced, byte_budget=self.byte_budget
             )
+            await mark(produced, model=model, data_dir=self.dirs.root, job_id=job.id)
             os.replace(produced, final)
         except (OSError, ValueError, KeyError, encode.EncodeError) as exc:
             message = getattr(exc, "message", None) or f"{type(exc).__name__}: {exc}"
@@ -452,7 +481,7 @@ class Runner:
             job,
             final,
             now,
-            {**job.meta, **result.to_dict()},
+            {**job.meta, **result.to_dict(), "ai_model": model},
             gen_seconds=now - started,
             width=result.width,
             height=result.height,

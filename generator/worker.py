@@ -31,9 +31,10 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import IO, Any
 
-from generator import encode, local_pipe
+from generator import encode, local_pipe, provenance
 from generator.protocol import ClipFacts, Done, Event, Failed, GenerationRequest, Progress
 
 log = logging.getLogger("zoetrope.worker")
@@ -57,10 +58,20 @@ class WorkerCore:
     keeps going whatever one request does.
     """
 
-    def __init__(self, generator: Any, *, model: str, load_seconds: float = 0.0) -> None:
+    def __init__(
+        self,
+        generator: Any,
+        *,
+        model: str,
+        load_seconds: float = 0.0,
+        data_dir: str | os.PathLike[str] | None = None,
+    ) -> None:
         self.generator = generator
         self.model = model
         self.load_seconds = load_seconds
+        # The signing identity lives in the data dir (generator/provenance.py); the bot
+        # passes its own ZOETROPE_DATA_DIR to a local worker, so both sign with one key.
+        self.data_dir = Path(data_dir) if data_dir is not None else default_data_dir()
 
     @classmethod
     def load(
@@ -140,7 +151,7 @@ class WorkerCore:
             )
             on_progress(Progress(1, 1, "encode"))
             facts = self._facts(request, clip, result, gen_seconds, oom_retry)
-            return Done(result.path, facts)
+            return Done(result.path, self._mark(request, result.path, facts))
         except GenerationCancelled:
             if stopping():
                 return Failed("requeue", "The generator shut down before this job finished.")
@@ -156,6 +167,22 @@ class WorkerCore:
         except Exception as exc:
             log.exception("job %s failed", request.job_id)
             return Failed("error", f"{type(exc).__name__}: {exc}")
+
+    def _mark(self, request: GenerationRequest, path: str, facts: ClipFacts) -> ClipFacts:
+        """Mark the clip as AI-generated (EU AI Act Art. 50(2)), naming the model that made it;
+        the clip is delivered even if marking fails (see provenance.mark_finished)."""
+        started = time.perf_counter()
+        how = provenance.mark_finished(
+            path, model=self.model_name(facts), data_dir=self.data_dir, job_id=request.job_id
+        )
+        timings = {**facts.timings, "mark": round(time.perf_counter() - started, 3)}
+        if how != "c2pa":
+            log.error("job %s: marked with %s only", request.job_id, how)
+        return dataclasses.replace(facts, timings=timings, bytes=os.path.getsize(path))
+
+    def model_name(self, facts: ClipFacts) -> str:
+        """The preset name, or the folder's name for a local model."""
+        return facts.preset or Path(self.model).name or self.model
 
     def _facts(
         self,
@@ -198,6 +225,11 @@ class WorkerCore:
             speedups=tuple(str(name) for name in meta.get("speedups") or ()),
             lora=str(meta["lora"]) if meta.get("lora") else None,
         )
+
+
+def default_data_dir() -> Path:
+    """Where the bot keeps its data (bot/config.py reads the same variable)."""
+    return Path(os.environ.get("ZOETROPE_DATA_DIR", "").strip() or "data").expanduser()
 
 
 def _int_or_none(value: Any) -> int | None:

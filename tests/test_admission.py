@@ -10,11 +10,13 @@ from bot.errors import (
     BadImage,
     BadOption,
     BadPrompt,
+    ContentRefused,
     LimitReached,
     NotAllowed,
     QueueFull,
     QuotaExceeded,
 )
+from generator.safety import RULE_MINORS
 from tests.jobs_backend import FakeBackend
 from tests.jobs_env import NOON
 
@@ -206,3 +208,43 @@ async def test_an_extend_click_is_checked_once(make_env) -> None:
     with pytest.raises(AlreadyPending):
         env.service.check_extend(parent.id, user_id=100)  # the row now counts instead
     assert (await env.wait(child.id)).status == "done"
+
+
+BLOCKED_PROMPT = "a nude child"  # names a minor and a sexual term: the built-in block
+
+
+async def test_the_prompt_screen_refuses_before_anything_is_held_or_counted(make_env) -> None:
+    """A prompt the built-in block refuses is refused by reserve() and by submit() with a
+    clear message (ContentRefused, rule "minors"), whatever the server's settings; nothing is
+    written, queued, held or counted. A ticket screened for another prompt is no way round."""
+    env = await make_env(FakeBackend(), Limits(pending_per_user=1, daily_per_user=5))
+    where = dict(guild_id=1, channel_id=10, user_id=100)
+    for attempt in range(3):
+        with pytest.raises(ContentRefused) as info:
+            env.service.reserve(**where, prompt=BLOCKED_PROMPT)
+        assert info.value.rule == RULE_MINORS and "never allowed, in any channel" in str(info.value)
+        with pytest.raises(ContentRefused):
+            await env.submit(prompt=f"  {BLOCKED_PROMPT.upper()} #{attempt}")
+    ticket = env.service.reserve(**where, prompt="a calm lake")  # one place: none was held
+    with pytest.raises(ContentRefused):
+        await env.submit(prompt=BLOCKED_PROMPT, ticket=ticket)
+    env.service.release(ticket)
+    assert env.store.count_jobs() == 0 and env.store.daily_count(100, "2026-11-26") == 0
+    # Words that are harmless apart pass, and the negative prompt is never screened.
+    job = await env.submit(prompt="a child flying a kite", negative_prompt="nude, nsfw")
+    assert job.status == "queued" and env.store.daily_count(100, "2026-11-26") == 1
+
+
+async def test_edit_with_a_refused_prompt_makes_no_child(make_env) -> None:
+    """Edit's new prompt goes through the same screen when the child is admitted: refused
+    privately (ContentRefused), no child row, no daily count; a benign edit goes through."""
+    env = await make_env(FakeBackend(), Limits(daily_per_user=5))
+    parent = await env.wait((await env.submit()).id)
+    counted = env.store.daily_count(100, "2026-11-26")
+    rows = env.store.count_jobs()
+    with pytest.raises(ContentRefused) as info:
+        await env.service.edit(parent.id, user_id=100, prompt=f"waves, {BLOCKED_PROMPT}")
+    assert info.value.rule == RULE_MINORS
+    assert env.store.count_jobs() == rows and env.store.daily_count(100, "2026-11-26") == counted
+    child = await env.service.edit(parent.id, user_id=100, prompt="waves roll out")
+    assert child.kind == "edit" and child.prompt == "waves roll out"

@@ -200,3 +200,46 @@ def test_main_verify_exit_codes(marked: tuple[Path, Path, np.ndarray], tmp_path:
     for bad in (tmp_path / "text.mp4", tmp_path / "missing.mp4", truncated):
         result = run_verify(bad, data_dir)
         assert result.returncode == 2 and result.stderr.startswith("error: ")
+
+
+def test_a_mark_fits_in_the_headroom_left_for_it(tmp_path: Path) -> None:
+    """What marking adds to a clip stays under MARK_HEADROOM_BYTES (delivery's re-encode to
+    an upload limit leaves that much room), for a short and a longer clip."""
+    for frames in (17, 81):
+        clip = make_clip(tmp_path / f"clip{frames}.mp4", frames)
+        before = clip.stat().st_size
+        assert provenance.mark_finished(clip, model=MODEL, data_dir=tmp_path, job_id="j") == "c2pa"
+        assert 0 < clip.stat().st_size - before <= provenance.MARK_HEADROOM_BYTES
+
+
+def test_a_failed_signature_still_leaves_the_metadata_mark(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """With a damaged signing key C2PA fails: the clip keeps its frames and gets the container
+    mark alone, and the failure is logged as an error (the clip is still delivered)."""
+    signing_identity(tmp_path)
+    (tmp_path / "provenance" / "signer-key.pem").write_bytes(b"not a key")
+    clip = make_clip(tmp_path / "clip.mp4")
+    before, _ = encode.read_frames(clip)
+    with caplog.at_level("ERROR", logger="zoetrope.provenance"):
+        how = provenance.mark_finished(clip, model=MODEL, data_dir=tmp_path, job_id="j7")
+    assert how == "metadata"
+    assert any("C2PA marking failed" in r.getMessage() for r in caplog.records)
+    found = read_provenance(clip, data_dir=tmp_path)
+    assert found.manifest is None and found.ai_generated
+    assert found.metadata["model"] == MODEL and found.metadata["job_id"] == "j7"
+    assert np.array_equal(encode.read_frames(clip)[0], before)
+
+
+def test_a_file_that_cannot_be_marked_is_left_as_it_was(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A file ffmpeg cannot read gets neither mark; mark_finished says "none", logs an error,
+    and leaves the file and its folder untouched (no temp files)."""
+    text = tmp_path / "note.mp4"
+    text.write_text("hello")
+    with caplog.at_level("ERROR", logger="zoetrope.provenance"):
+        assert provenance.mark_finished(text, model=MODEL, data_dir=tmp_path / "d") == "none"
+    assert any("no machine-readable mark" in r.getMessage() for r in caplog.records)
+    assert text.read_text() == "hello"
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name != "d") == ["note.mp4"]

@@ -117,6 +117,20 @@ def test_result_content_details_and_credit() -> None:
     assert "38.2 s" in text
 
 
+def test_result_says_it_is_ai_generated_and_by_which_model() -> None:
+    """The result and the Share repost say visibly that the clip is AI-generated, naming the
+    model its mark names (meta `ai_model`), else the preset; a long prompt never cuts it."""
+    job = make_job(status="done", preset="wan-480p-fast", meta={"ai_model": "local:wan*21"})
+    text = render.result_content(job)
+    assert "-# 🤖 AI-generated video · made with local:wan\\*21" in text
+    share = render.showcase_content(job, original_url=None, sharer_id=999)
+    assert "AI-generated video · made with local:wan\\*21" in share
+    plain = make_job(status="done", preset="wan-480p-fast")
+    assert "AI-generated video · made with wan-480p-fast" in render.result_content(plain)
+    long = make_job(status="done", prompt="word " * 2000, meta={"ai_model": "ltx-fast"})
+    assert "AI-generated video · made with ltx-fast" in render.result_content(long)
+
+
 def test_info_embed_fields() -> None:
     """Info lists what reproduces the clip: seed, preset, size, frames, steps."""
     job = make_job(

@@ -69,9 +69,16 @@ def work(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder
 
 
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The worker's data dir (its signing identity lands here), fresh for the module."""
+    return tmp_path_factory.mktemp("data")
+
+
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def backend(tiny_model: Path):
-    backend = LocalBackend(str(tiny_model), start_timeout=120, stop_timeout=10)
+async def backend(tiny_model: Path, data_dir: Path):
+    env = {"ZOETROPE_DATA_DIR": str(data_dir)}
+    backend = LocalBackend(str(tiny_model), start_timeout=120, stop_timeout=10, env=env)
     await backend.start()  # returns while the model is still loading
     yield backend
     await backend.close()
@@ -133,10 +140,30 @@ async def test_job_reports_progress_and_writes_a_playable_mp4(
     assert facts.crf is not None and facts.note is None and facts.seed == 1234
     assert facts.encode_seconds > 0 and facts.gen_seconds > 0
     assert facts.fits is True and facts.bytes == info["bytes"]
-    assert {"generate", "encode"} <= set(facts.timings)
+    assert {"generate", "encode", "mark"} <= set(facts.timings)
     assert backend.ready and backend.capacity() == 1
     assert backend.info["pid"] == backend.pid and backend.info["preset"] == "local:wan21"
     REFERENCE["frames"] = encode.read_frames(done.path)[0]
+
+
+@module_loop
+async def test_every_finished_clip_is_marked_as_ai_generated(
+    backend: LocalBackend, work: Path, data_dir: Path
+) -> None:
+    """The worker's clip carries the metadata and a C2PA manifest signed with the key made in
+    its data dir, naming the model (the preset/folder name) and the job."""
+    from generator.provenance import AI_SOURCE_TYPE, read_provenance
+
+    done = (await collect(backend, request(work, "marked")))[-1]
+    assert isinstance(done, Done)
+    found = read_provenance(done.path, data_dir=data_dir)
+    assert found.valid and not found.tampered and found.ai_generated
+    assert found.validation_state == "Trusted"  # signed by the CA in the worker's data dir
+    assert (data_dir / "provenance" / "signer-key.pem").is_file()
+    assert found.metadata["model"] == done.facts.preset == "local:wan21"
+    assert found.metadata["job_id"] == "marked"
+    assert found.metadata["digital_source_type"] == AI_SOURCE_TYPE
+    assert done.facts.bytes == Path(done.path).stat().st_size
 
 
 @module_loop
