@@ -61,6 +61,11 @@ def _spec_path() -> str | None:
     return str(candidate) if candidate.exists() else None
 
 
+# Each clip of the slow model (300 steps) takes seconds on an idle machine and up to about a
+# minute on a loaded 2-core one: these tests wait for up to two of them.
+SLOW_TEST = pytest.mark.timeout(300)
+
+
 # -- module fixtures: models and workers --------------------------------------------------------
 
 
@@ -543,6 +548,7 @@ async def test_delete_is_recorded_and_job_reposts(h: Harness, backend: LocalBack
     assert new_url in (await _private(h, history))[0]
 
 
+@SLOW_TEST
 async def test_limits_are_checked_before_the_download(
     h: Harness, slow_backend: LocalBackend
 ) -> None:
@@ -676,6 +682,7 @@ async def test_cancel_from_another_server_is_no_such_job(
     await h.bot.jobs.cancel(job.id, user_id=h.alice.id, guild_id=job.guild_id)
 
 
+@SLOW_TEST
 async def test_restart_mid_generation(h: Harness, slow_backend: LocalBackend) -> None:
     """A restart mid-generation: the job runs again and is delivered once; buttons on a message from before the restart still work."""
     bot = await h.start_bot(slow_backend)
@@ -701,6 +708,7 @@ async def test_restart_mid_generation(h: Harness, slow_backend: LocalBackend) ->
     await h.delivered((await h.job_of(loop)).id)
 
 
+@SLOW_TEST
 async def test_token_expiry_falls_back_to_channel_messages(
     h: Harness, slow_backend: LocalBackend
 ) -> None:
@@ -717,6 +725,7 @@ async def test_token_expiry_falls_back_to_channel_messages(
     assert result.attachments and result.pinged.users == {h.alice.id}
 
 
+@SLOW_TEST
 async def test_unwritable_channel_goes_to_dm_or_says_why(
     h: Harness, slow_backend: LocalBackend
 ) -> None:
@@ -726,7 +735,7 @@ async def test_unwritable_channel_goes_to_dm_or_says_why(
     ix = await h.animate(h.alice)
     job = await _until_running(h, (await h.job_of(ix)).id)
     h.server.clock.advance(16 * 60)
-    done = await h.server.wait_for(lambda: (j := h.job(job.id)).delivered and j, timeout=40)
+    done = await h.server.wait_for(lambda: (j := h.job(job.id)).delivered and j, timeout=90)
     dms = h.server.dm_messages(h.alice)
     assert dms and dms[-1].attachments and done.result_message_id == dms[-1].id
     await h.settled(ix.original, "by DM")
@@ -735,7 +744,7 @@ async def test_unwritable_channel_goes_to_dm_or_says_why(
     ix = await h.animate(h.bob)
     job = await h.job_of(ix)
     h.server.clock.advance(16 * 60)
-    done = await h.server.wait_for(lambda: (j := h.job(job.id)).delivered and j, timeout=40)
+    done = await h.server.wait_for(lambda: (j := h.job(job.id)).delivered and j, timeout=90)
     assert done.status == "done" and done.result_message_id is None
     assert Path(done.output_path).is_file()
     await h.settled(ix.original, "DMs are closed")
@@ -895,6 +904,7 @@ async def test_commands_sync_only_when_changed(h: Harness, backend: LocalBackend
     assert bot.synced is True and len(h.server.commands(h.guild)) == 6
 
 
+@SLOW_TEST
 async def test_queue_history_job_commands(h: Harness, slow_backend: LocalBackend) -> None:
     """/queue shows positions; /history links clips; /job re-posts a clip with live buttons."""
     await h.start_bot(slow_backend)
@@ -903,8 +913,8 @@ async def test_queue_history_job_commands(h: Harness, slow_backend: LocalBackend
     queue = await h.server.slash(h.guild, h.channel, h.alice, "queue")
     text = (await _private(h, queue))[0]
     assert first.id in text and second.id in text and "position 1" in text
-    await h.delivered(first.id, timeout=40)
-    await h.delivered(second.id, timeout=40)
+    await h.delivered(first.id, timeout=90)
+    await h.delivered(second.id, timeout=90)
     history = await h.server.slash(h.guild, h.channel, h.alice, "history")
     text = (await _private(h, history))[0]
     assert render.result_url(h.job(first.id)) in text
