@@ -32,6 +32,7 @@ from bot import commands as command_defs
 from bot import intake, log_redaction
 from bot.buttons import EDIT_MODAL_RE, JobButton, handle_edit_submit
 from bot.config import ConfigError, Settings, load_settings
+from bot.data_lock import DataDirBusy, DataDirLock
 from bot.delivery import Delivery, RetryPolicy
 from bot.jobs import JobService
 from bot.store import Store
@@ -103,6 +104,7 @@ class ZoetropeBot(discord.Client):
         retry: RetryPolicy | None = None,
         edit_interval: float = 2.0,
         position_interval: float = 2.0,
+        data_lock: DataDirLock | None = None,
         **client_options: Any,
     ) -> None:
         configure_discord_endpoints(settings)
@@ -122,6 +124,10 @@ class ZoetropeBot(discord.Client):
         self._retry = retry
         self._edit_interval = edit_interval
         self._position_interval = position_interval
+        # One bot per data dir (bot/data_lock.py): `run_bot` takes it before logging in; a bot
+        # built without one takes it in setup_hook, before the store is opened.
+        self._data_lock = data_lock
+        self._owns_lock = data_lock is None
         self.image_limits = intake.ImageLimits(max_bytes=settings.limits.max_download_bytes)
         # Created in setup_hook:
         self.store: Store = None  # type: ignore[assignment]
@@ -140,6 +146,8 @@ class ZoetropeBot(discord.Client):
     async def setup_hook(self) -> None:
         settings = self.settings
         settings.data_dir.mkdir(parents=True, exist_ok=True)
+        if self._data_lock is None:
+            self._data_lock = DataDirLock.acquire(settings.data_dir)  # raises DataDirBusy
         self.session = aiohttp.ClientSession(
             timeout=aiohttp.ClientTimeout(total=60, connect=10),
             headers={"User-Agent": "Zoetrope (image-to-video Discord bot)"},
@@ -253,6 +261,9 @@ class ZoetropeBot(discord.Client):
         if self.store is not None:
             self.store.close()
             self.store = None  # type: ignore[assignment]
+        if self._owns_lock and self._data_lock is not None:
+            self._data_lock.release()
+            self._data_lock = None
 
 
 # -- the `bot` subcommand ---------------------------------------------------------------------
@@ -302,9 +313,23 @@ def run_bot() -> int:
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    # Before anything else touches the data dir or Discord: a second bot stops here.
+    try:
+        data_lock = DataDirLock.acquire(settings.data_dir)
+    except DataDirBusy as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"error: cannot lock the data dir {settings.data_dir} ({exc})", file=sys.stderr)
+        return 2
+    with data_lock:
+        return _run_locked(settings, data_lock)
+
+
+def _run_locked(settings: Settings, data_lock: DataDirLock) -> int:
     _setup_logging(settings)
     try:
-        bot = ZoetropeBot(settings)
+        bot = ZoetropeBot(settings, data_lock=data_lock)
         asyncio.run(_run(bot))
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
