@@ -346,11 +346,12 @@ async def _delete(bot: Services, interaction: discord.Interaction, job_id: str) 
             await interaction.message.delete()
     message = interaction.message
     # Only the job's result message counts (a /job re-post is just a copy); once it is
-    # recorded as deleted, /history and the progress message stop linking to it.
-    if message is None or message.id != job.result_message_id:
+    # recorded as deleted, /history and the progress message stop linking to it. A click on
+    # a result whose post is not recorded yet is remembered and honoured on delivery.
+    if message is None:
         return
     job = bot.jobs.mark_result_deleted(job_id, message_id=message.id)
-    if job.progress_message_id is not None:
+    if job.result_deleted_at is not None and job.progress_message_id is not None:
         bot.delivery.touch(job_id)
 
 

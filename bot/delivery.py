@@ -37,7 +37,7 @@ import aiohttp
 import discord
 
 from bot import events as ev
-from bot import render
+from bot import post_recovery, render
 from bot.buttons import build_view
 from bot.errors import ZoetropeError
 from bot.render import QueueInfo
@@ -120,7 +120,7 @@ class _Gate:
 class _Posted:
     message_id: int | None
     channel_id: int | None
-    how: str  # "channel", "webhook", "dm", "none"
+    how: str  # "channel", "webhook", "dm", "none", "found" (posted by an earlier attempt)
     reason: str | None = None
 
 
@@ -406,7 +406,13 @@ class Delivery:
             if job.delivered or job.status != JobStatus.DONE:
                 return
             try:
-                posted = await self._post_result(job)
+                # An earlier attempt may have posted it (bot/post_recovery.py).
+                found = await post_recovery.find_posted_result(self.bot, job)
+                if found is not None:
+                    posted = _Posted(*found, "found")
+                else:
+                    self.jobs.record_post_intent(job_id)
+                    posted = await self._post_result(job)
             except RETRYABLE as exc:
                 self.jobs.record_delivery_attempt(job_id)
                 delay = next(delays, None)
@@ -424,8 +430,11 @@ class Delivery:
             except Exception:
                 log.exception("job %s: delivery failed", job_id)
                 return
-            self.jobs.mark_delivered(
+            job = self.jobs.mark_delivered(
                 job_id, message_id=posted.message_id, channel_id=posted.channel_id
+            )
+            await post_recovery.delete_if_requested(
+                self.bot, job, posted.message_id, posted.channel_id
             )
             self.stats.results += 1
             if posted.how != "channel":

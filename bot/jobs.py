@@ -47,7 +47,7 @@ from pathlib import Path
 from typing import Any
 
 from bot import admission as adm
-from bot import policy, recipes
+from bot import policy, post_records, recipes
 from bot.admission import Admission, Ticket
 from bot.backend_port import BackendPort
 from bot.children import Children
@@ -388,10 +388,15 @@ class JobService:
         self, job_id: str, *, message_id: int | None, channel_id: int | None = None
     ) -> Job:
         """Record that the result (or failure notice) reached the member. Idempotent: the
-        first delivery's message is kept."""
-        return self.store.mark_delivered(
-            job_id, message_id=message_id, channel_id=channel_id, at=self.clock()
+        first delivery's message is kept. A Delete clicked on that message before it was
+        recorded takes effect now (bot/post_records.py)."""
+        return post_records.record_delivery(
+            self.store, job_id, message_id=message_id, channel_id=channel_id, at=self.clock()
         )
+
+    def record_post_intent(self, job_id: str) -> Job:
+        """The result is about to be posted (a later attempt then looks for the message)."""
+        return post_records.record_post_intent(self.store, job_id, at=self.clock())
 
     def record_delivery_attempt(self, job_id: str) -> Job:
         return self.store.increment_delivery_attempts(job_id)
@@ -399,9 +404,9 @@ class JobService:
     def mark_result_deleted(self, job_id: str, *, message_id: int) -> Job:
         """A message showing this clip was deleted (the Delete button). If it was the job's
         result message, the row forgets it (`result_deleted_at` set), so /history and the
-        progress message stop linking to it; another copy (a /job re-post) changes nothing."""
-        self.store.require_job(job_id)
-        self.store.mark_result_deleted(job_id, message_id=message_id, at=self.clock())
+        progress message stop linking to it; another copy (a /job re-post) changes nothing.
+        Before the result is recorded the request is kept, and honoured on delivery."""
+        post_records.request_delete(self.store, job_id, message_id=message_id, at=self.clock())
         return self.get(job_id)
 
     def restore_result(self, job_id: str, *, message_id: int, channel_id: int) -> Job:

@@ -126,9 +126,21 @@ def _migration_3(db: sqlite_utils.Database) -> None:
         db.conn.execute(f"ALTER TABLE jobs ADD COLUMN {column} {kind}")
 
 
+def _migration_4(db: sqlite_utils.Database) -> None:
+    # A result post in flight (bot/post_records.py): when the first post was attempted (a run
+    # that died before recording the message looks for it before posting again), and a Delete
+    # clicked on the result before its message was recorded (honoured on delivery).
+    for column, kind in [
+        ("result_post_started_at", "REAL"),
+        ("delete_requested_message_id", "INTEGER"),
+    ]:
+        db.conn.execute(f"ALTER TABLE jobs ADD COLUMN {column} {kind}")
+
+
 MIGRATIONS: list[tuple[int, str, Callable[[sqlite_utils.Database], None]]] = [
     (1, "jobs, guild settings, daily counts", _migration_1),
     (2, "delivery tracking, interaction tokens, credits, generation times", _migration_2),
     (3, "deleted result messages, showcase posts", _migration_3),
+    (4, "result posts in flight: post intent, Delete before the post was recorded", _migration_4),
 ]
 SCHEMA_VERSION = MIGRATIONS[-1][0]

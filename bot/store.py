@@ -160,6 +160,10 @@ class Job:
     shared_channel_id: int | None = None
     shared_message_id: int | None = None
     shared_at: float | None = None
+    # A result post in flight (bot/post_records.py): first attempted at; a Delete clicked on a
+    # message of this job before the post was recorded.
+    result_post_started_at: float | None = None
+    delete_requested_message_id: int | None = None
     quota_day: str | None = None  # UTC day counted against the daily quota; None = not counted
     meta: dict[str, Any] = field(default_factory=dict)  # the backend's Done.meta and extras
 
