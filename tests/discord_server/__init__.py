@@ -43,6 +43,7 @@ Where things live (the rules Discord enforces each have a file under ``rules/``)
     http.py               middleware: request records, auth, body parsing, rate-limit headers
     spec_checks.py        every request body validated against Discord's OpenAPI spec
     faults.py             injected 429s and 5xx
+    holds.py              requests held (before or after processing) until the test lets go
     routes.py             the REST route table
     rest_users_guilds.py  REST: gateway URL, users, application, guilds, members, DMs
     rest_channels.py      REST: channels and channel messages (nonce idempotency)
@@ -77,6 +78,7 @@ from tests.discord_server.constants import (
     Perm,
 )
 from tests.discord_server.errors import CommandUnavailable, DiscordHTTPError, InteractionFailed
+from tests.discord_server.holds import Hold
 from tests.discord_server.interaction import Interaction
 from tests.discord_server.model import (
     NOBODY,
@@ -120,6 +122,7 @@ __all__ = [
     "FakeDiscord",
     "Fault",
     "Guild",
+    "Hold",
     "Intent",
     "Interaction",
     "InteractionFailed",

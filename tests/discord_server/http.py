@@ -116,6 +116,9 @@ class HttpPlumbing:
                 request[_BODY] = body
                 record.json = body.json
                 record.files = [(f[1], len(f[3])) for f in body.files]
+            hold = self._take_hold(request.method, rel) if is_api else None
+            if hold is not None and not hold.after:
+                await hold._wait()
             fault = self._take_fault(request.method, rel)
             if fault is not None and not fault.after:
                 record.fault = True
@@ -125,6 +128,9 @@ class HttpPlumbing:
                     self._check_auth(request, rel)
                     self._check_spec(request.method, rel, request[_BODY])
                 response = await handler(request)
+                if hold is not None and hold.after:
+                    self._notify()  # it happened: tests waiting on the server see it now
+                    await hold._wait()
                 if fault is not None:
                     record.fault = True
                     response = self._fault_response(fault, self._template(request, rel))

@@ -8,6 +8,7 @@ from tests.discord_server.cdn import Cdn
 from tests.discord_server.constants import API_PREFIX, MiB
 from tests.discord_server.faults import FaultInjection
 from tests.discord_server.gateway import Gateway
+from tests.discord_server.holds import RequestHolds
 from tests.discord_server.http import HttpPlumbing
 from tests.discord_server.inspection import Inspection
 from tests.discord_server.messages import MessageStore
@@ -35,6 +36,7 @@ class FakeDiscord(
     HttpPlumbing,
     SpecChecks,
     FaultInjection,
+    RequestHolds,
     UsersGuildsRoutes,
     ChannelRoutes,
     CommandRoutes,
@@ -63,7 +65,7 @@ class FakeDiscord(
     ``submit_modal`` (each returns an :class:`Interaction` record). Inspect: ``messages``,
     ``message``, ``dm_messages``, ``interactions``/``interaction``, ``commands``,
     ``command_creates``, ``command_writes``, ``requests``/``requests_for``, ``errors``,
-    ``unhandled``, ``spec_violations``. Control: ``clock.advance``, ``inject``,
+    ``unhandled``, ``spec_violations``. Control: ``clock.advance``, ``inject``, ``hold``,
     ``drop_connections``, ``request_reconnect``, ``invalidate_sessions``, ``wait_for``.
     Messages listed by ``messages()`` include ephemeral ones (see ``Message.ephemeral``).
 
@@ -86,6 +88,7 @@ class FakeDiscord(
         return self
 
     async def close(self) -> None:
+        self._release_holds()
         for conn in list(self._connections):
             if not conn.ws.closed:
                 await conn.ws.close(code=1001, message=b"server shutting down")

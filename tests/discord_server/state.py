@@ -14,6 +14,7 @@ from aiohttp import web
 from tests.discord_server.clock import Clock
 from tests.discord_server.constants import DEFAULT_UPLOAD_LIMIT, DISCORD_EPOCH_MS
 from tests.discord_server.gateway import _Connection, _Session
+from tests.discord_server.holds import Hold
 from tests.discord_server.interaction import Interaction
 from tests.discord_server.model import (
     Attachment,
@@ -88,6 +89,7 @@ class ServerState:
         self.errors: list[str] = []  # exceptions inside the server itself (its own bugs)
         self.spec_checked = 0  # request bodies validated against the OpenAPI spec
         self.faults: list[Fault] = []
+        self.holds: list[Hold] = []  # see holds.py
 
         self._sessions: dict[str, _Session] = {}
         self._connections: set[_Connection] = set()
